@@ -1,0 +1,122 @@
+# geodino: one Makefile, no generated build system.
+#
+#   make            lib/libcommon.a and bin/<tool>  (-O2 -g, warnings are errors)
+#   make asan       the same with ASan + UBSan into build-asan/
+#   make check      install dependencies, build, run every test
+#   make demo       install dependencies, build, run the main job on bundled data
+#   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS each)
+#   make bench      benchmarks (results are recorded by hand in BENCHMARKS.md)
+#
+# The CUDA part is built whenever nvcc is found (on PATH or in
+# /usr/local/cuda/bin), and skipped with one line when it is not.
+
+BUILD   ?= build
+SAN     ?= 0
+CC      ?= cc
+ifeq ($(BUILD),build)
+LIBDIR  := lib
+BINDIR  := bin
+else
+LIBDIR  := $(BUILD)/lib
+BINDIR  := $(BUILD)/bin
+endif
+OBJDIR  := $(BUILD)/obj
+
+WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-format-truncation
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -pthread $(WARN) -Ilibcommon -Ikernels -MMD -MP
+LDLIBS   = -ltiff -lmsgpackc -lpng -lm -lpthread -fopenmp
+ifeq ($(SAN),1)
+SANFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+CFLAGS  += $(SANFLAGS)
+LDFLAGS += $(SANFLAGS)
+endif
+
+NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+ifeq ($(SAN),1)
+NVCC :=            # the CUDA runtime and ASan do not share an address space well
+endif
+CUDA_HOME  := $(patsubst %/bin/nvcc,%,$(NVCC))
+NVCCFLAGS  := -O2 -g -std=c++17 -Ilibcommon -Ikernels -Xcompiler -Wall,-Wextra,-Werror \
+              -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
+
+LIB_SRC  := $(wildcard libcommon/*.c) $(wildcard kernels/cpu/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(OBJDIR)/%.o)
+TOOL_SRC := $(wildcard tools/*.c)
+TOOLS    := $(TOOL_SRC:tools/%.c=$(BINDIR)/%)
+UNIT_SRC := $(wildcard tests/unit/*.c)
+UNIT_OBJ := $(UNIT_SRC:%.c=$(OBJDIR)/%.o)
+UNIT_BIN := $(BUILD)/test-unit
+CUDA_SRC := $(wildcard kernels/cuda/*.cu)
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(OBJDIR)/%.o)
+GPU_SRC  := $(wildcard tests/gpu/*.c)
+GPU_BIN  := $(BUILD)/test-gpu
+
+ifneq ($(NVCC),)
+CUDA_LIB  := $(LIBDIR)/libgdcuda.a
+CUDA_LINK := $(CUDA_LIB) -L$(CUDA_HOME)/lib64 -lcudart -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
+ALL_EXTRA := $(CUDA_LIB) $(GPU_BIN)
+endif
+
+.PHONY: all asan check demo deps fuzz bench clean unit cli gpu
+.DEFAULT_GOAL := all
+
+all: $(LIBDIR)/libcommon.a $(TOOLS) $(UNIT_BIN) $(ALL_EXTRA)
+ifeq ($(NVCC),)
+ifneq ($(SAN),1)
+	@echo "make: nvcc not found: CUDA backend skipped"
+endif
+endif
+
+$(OBJDIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(OBJDIR)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(LIBDIR)/libcommon.a: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(LIBDIR)/libgdcuda.a: $(CUDA_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BINDIR)/%: $(OBJDIR)/tools/%.o $(LIBDIR)/libcommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(LIBDIR)/libcommon.a $(LDLIBS) -o $@
+
+$(UNIT_BIN): $(UNIT_OBJ) $(LIBDIR)/libcommon.a
+	$(CC) $(LDFLAGS) $(UNIT_OBJ) $(LIBDIR)/libcommon.a $(LDLIBS) -o $@
+
+$(GPU_BIN): $(GPU_SRC:%.c=$(OBJDIR)/%.o) $(CUDA_LIB) $(LIBDIR)/libcommon.a
+	$(CC) $(LDFLAGS) $(GPU_SRC:%.c=$(OBJDIR)/%.o) $(LIBDIR)/libcommon.a $(CUDA_LINK) $(LDLIBS) -o $@
+
+asan:
+	$(MAKE) BUILD=build-asan SAN=1 all
+
+deps:
+	@scripts/deps.sh
+
+check: deps
+	$(MAKE) all
+	$(MAKE) asan
+	scripts/check.sh
+
+demo: deps
+	$(MAKE) all
+	scripts/demo.sh
+
+fuzz: deps
+	@scripts/deps.sh --fuzz
+	$(MAKE) -f tests/fuzz/fuzz.mk
+
+bench: all
+	bench/tif-stats.sh
+
+clean:
+	rm -rf build build-asan build-fuzz lib bin
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
