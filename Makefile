@@ -37,7 +37,7 @@ ifeq ($(SAN),1)
 NVCC :=            # the CUDA runtime and ASan do not share an address space well
 endif
 CUDA_HOME  := $(patsubst %/bin/nvcc,%,$(NVCC))
-NVCCFLAGS  := -O2 -g -std=c++17 -Ilibcommon -Ikernels -Xcompiler -Wall,-Wextra,-Werror \
+NVCCFLAGS  := -O2 -g -std=c++17 -Ilibcommon -Ikernels -MMD -MP -Xcompiler -Wall,-Wextra,-Werror \
               -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 
 LIB_SRC  := $(wildcard libcommon/*.c) $(wildcard kernels/cpu/*.c)
@@ -92,7 +92,7 @@ $(UNIT_BIN): $(UNIT_OBJ) $(LIBDIR)/libcommon.a
 	$(CC) $(LDFLAGS) $(UNIT_OBJ) $(LIBDIR)/libcommon.a $(LDLIBS) -o $@
 
 $(GPU_BIN): $(GPU_SRC:%.c=$(OBJDIR)/%.o) $(CUDA_LIB) $(LIBDIR)/libcommon.a
-	$(CC) $(LDFLAGS) $(GPU_SRC:%.c=$(OBJDIR)/%.o) $(LIBDIR)/libcommon.a $(CUDA_LINK) $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $(GPU_SRC:%.c=$(OBJDIR)/%.o) $(CUDA_LINK) $(LIBDIR)/libcommon.a $(LDLIBS) -o $@
 
 asan:
 	$(MAKE) BUILD=build-asan SAN=1 all
