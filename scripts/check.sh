@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs every test suite of `make check` and prints, last, the sum of all of
+# them as "check: N passed, N failed, N skipped".  GPU checks that could not
+# run are counted as skipped, never as passed.  Exits 1 if anything failed.
+set -u
+cd "$(dirname "$0")/.."
+
+passed=0 failed=0 skipped=0
+
+# A runner that ends with "N passed, N failed[, N skipped]".
+run_counted() {
+    local label=$1; shift
+    echo "== $label"
+    local out rc
+    out=$("$@" 2>&1); rc=$?
+    printf '%s\n' "$out"
+    local last p f s
+    last=$(printf '%s\n' "$out" | tail -n 1)
+    if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed(,\ ([0-9]+)\ skipped)?$ ]]; then
+        p=${BASH_REMATCH[1]} f=${BASH_REMATCH[2]} s=${BASH_REMATCH[4]:-0}
+    else
+        echo "$label: no summary line (exit $rc)"
+        p=0 f=1 s=0
+    fi
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "$label: exited $rc"
+        f=1
+    fi
+    passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+}
+
+# bats in TAP form: "ok", "not ok", and "ok ... # skip".
+run_bats() {
+    local label=$1 bindir=$2
+    echo "== $label"
+    local out rc
+    out=$(GEODINO_BIN="$bindir" bats --tap tests/cli 2>&1); rc=$?
+    printf '%s\n' "$out"
+    local p f s
+    s=$(printf '%s\n' "$out" | grep -c '^ok .* # skip' || true)
+    p=$(printf '%s\n' "$out" | grep -c '^ok ' || true)
+    f=$(printf '%s\n' "$out" | grep -c '^not ok ' || true)
+    p=$((p - s))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "$label: bats exited $rc"
+        f=1
+    fi
+    passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+}
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+run_counted "unit" build/test-unit
+[ -x build/test-gpu ] && run_counted "gpu" build/test-gpu
+run_bats "cli" "$PWD/bin"
+run_counted "unit (ASan+UBSan)" build-asan/test-unit
+run_bats "cli (ASan+UBSan)" "$PWD/build-asan/bin"
+
+echo "check: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,20 @@
+# Shared set-up for the bats tests.  Every test file starts with
+#     load helpers
+# and runs programs as "$BIN/tool".  GEODINO_BIN picks the build (make
+# check runs the suite on bin/ and on the ASan build).
+load /usr/lib/bats/bats-support/load.bash
+load /usr/lib/bats/bats-assert/load.bash
+
+ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
+BIN=${GEODINO_BIN:-$ROOT/bin}
+DATA=$ROOT/tests/data
+PY=/usr/bin/python3   # Debian's python, which has numpy and msgpack
+
+# A scratch directory per test.
+setup() {
+    TMP=$(mktemp -d "${BATS_TMPDIR:-/tmp}/geodino-cli.XXXXXX")
+}
+
+teardown() {
+    rm -rf "$TMP"
+}
