@@ -25,7 +25,7 @@ OBJDIR  := $(BUILD)/obj
 WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-format-truncation
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -pthread $(WARN) -Ilibcommon -Ikernels -MMD -MP
-LDLIBS   = -ltiff -lmsgpackc -lpng -lm -lpthread -fopenmp
+LDLIBS   = -ltiff -lmsgpackc -lpng -lopenblas -lm -lpthread -fopenmp
 ifeq ($(SAN),1)
 SANFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 CFLAGS  += $(SANFLAGS)
