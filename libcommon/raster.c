@@ -358,6 +358,15 @@ static int build_mask(raster *r, gd_err *err, const char *name)
     return 0;
 }
 
+int raster_set_nodata(raster *r, double nodata, gd_err *err)
+{
+    free(r->valid);
+    r->valid = NULL;
+    r->has_nodata = true;
+    r->nodata = nodata;
+    return build_mask(r, err, "nodata");
+}
+
 /* ---- one TIFF file ------------------------------------------------------- */
 
 static size_t limit_of(const raster_opts *o)
@@ -725,8 +734,6 @@ static int read_bandset(const char *sample, int is_dir, const raster_opts *opts,
             if (!r.data || !r.band_names || (any_mask && !r.valid) ||
                 (opts && opts->keep_native && same && !r.native))
                 rc = gd_errf(err, "%s: out of memory", sample);
-            else if (opts && opts->keep_native && !same)
-                rc = gd_errf(err, "%s: bands differ in size or type; no native samples", sample);
         }
         for (int k = 0; rc == 0 && k < nbands; k++) {
             raster *p = &parts[k];
