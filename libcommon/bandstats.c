@@ -36,42 +36,104 @@ double moments_std(const moments *m)
     return m->count ? sqrt(m->m2 / (double)m->count) : NAN;
 }
 
-static double native_at(const raster *r, size_t i)
-{
-    const void *p = r->native;
-    switch (r->type) {
-    case RT_U8: return ((const uint8_t *)p)[i];
-    case RT_I8: return ((const int8_t *)p)[i];
-    case RT_U16: return ((const uint16_t *)p)[i];
-    case RT_I16: return ((const int16_t *)p)[i];
-    case RT_U32: return ((const uint32_t *)p)[i];
-    case RT_I32: return ((const int32_t *)p)[i];
-    case RT_F32: return ((const float *)p)[i];
-    case RT_F64: return ((const double *)p)[i];
-    default: return NAN;
+/* Native samples of one type into float64, skipping masked ones and NaN;
+ * fn gets runs of at most BLOCK values. */
+#define DEFINE_FOREACH(NAME, T)                                                        \
+    static void NAME(const T *x, const uint8_t *valid, size_t n, sample_fn fn, void *ctx) \
+    {                                                                                  \
+        double buf[BLOCK];                                                             \
+        size_t k = 0;                                                                  \
+        for (size_t i = 0; i < n; i++) {                                               \
+            double v = (double)x[i];                                                   \
+            if ((valid && !valid[i]) || isnan(v))                                      \
+                continue;                                                              \
+            buf[k++] = v;                                                              \
+            if (k == BLOCK) {                                                          \
+                fn(ctx, buf, k);                                                       \
+                k = 0;                                                                 \
+            }                                                                          \
+        }                                                                              \
+        if (k)                                                                         \
+            fn(ctx, buf, k);                                                           \
     }
-}
+DEFINE_FOREACH(each_u8, uint8_t)
+DEFINE_FOREACH(each_i8, int8_t)
+DEFINE_FOREACH(each_u16, uint16_t)
+DEFINE_FOREACH(each_i16, int16_t)
+DEFINE_FOREACH(each_u32, uint32_t)
+DEFINE_FOREACH(each_i32, int32_t)
+DEFINE_FOREACH(each_f32, float)
+DEFINE_FOREACH(each_f64, double)
 
 void band_foreach(const raster *r, int b, sample_fn fn, void *ctx)
 {
     size_t plane = (size_t)r->height * r->width, base = (size_t)b * plane;
-    double buf[BLOCK];
-    size_t n = 0;
-    for (size_t i = 0; i < plane; i++) {
-        size_t at = base + i;
-        if (r->valid && !r->valid[at])
-            continue;
-        double v = r->native ? native_at(r, at) : r->data[at];
-        if (isnan(v))
-            continue;
-        buf[n++] = v;
-        if (n == BLOCK) {
-            fn(ctx, buf, n);
-            n = 0;
-        }
+    const uint8_t *valid = r->valid ? r->valid + base : NULL;
+    if (!r->native) {
+        each_f32(r->data + base, valid, plane, fn, ctx);
+        return;
     }
-    if (n)
-        fn(ctx, buf, n);
+    const char *p = (const char *)r->native + base * raster_type_size(r->type);
+    switch (r->type) {
+    case RT_U8: each_u8((const uint8_t *)p, valid, plane, fn, ctx); break;
+    case RT_I8: each_i8((const int8_t *)p, valid, plane, fn, ctx); break;
+    case RT_U16: each_u16((const uint16_t *)p, valid, plane, fn, ctx); break;
+    case RT_I16: each_i16((const int16_t *)p, valid, plane, fn, ctx); break;
+    case RT_U32: each_u32((const uint32_t *)p, valid, plane, fn, ctx); break;
+    case RT_I32: each_i32((const int32_t *)p, valid, plane, fn, ctx); break;
+    case RT_F32: each_f32((const float *)p, valid, plane, fn, ctx); break;
+    case RT_F64: each_f64((const double *)p, valid, plane, fn, ctx); break;
+    default: break;
+    }
+}
+
+/* Samples of at most 16 bits with no mask: sums are exact in integers
+ * (|v| < 2^16, so a chunk of 2^20 squares fits in 64 bits, and the total
+ * in 128), which is both faster and more accurate than float64. */
+#define SMALL_CHUNK ((size_t)1 << 20)
+#define DEFINE_INT_MOMENTS(NAME, T)                                                    \
+    static void NAME(const T *x, size_t n, moments *out)                               \
+    {                                                                                  \
+        __int128 sum = 0;                                                              \
+        unsigned __int128 sumsq = 0;                                                   \
+        T lo = x[0], hi = x[0];                                                        \
+        for (size_t c = 0; c < n; c += SMALL_CHUNK) {                                  \
+            size_t end = c + SMALL_CHUNK < n ? c + SMALL_CHUNK : n;                    \
+            int64_t s = 0;                                                             \
+            uint64_t q = 0;                                                            \
+            for (size_t i = c; i < end; i++) {                                         \
+                int64_t v = x[i];                                                      \
+                s += v;                                                                \
+                q += (uint64_t)(v * v);                                                \
+                lo = x[i] < lo ? x[i] : lo;                                            \
+                hi = x[i] > hi ? x[i] : hi;                                            \
+            }                                                                          \
+            sum += s;                                                                  \
+            sumsq += q;                                                                \
+        }                                                                              \
+        /* M2 = sumsq - sum^2 / n = (n sumsq - sum^2) / n, exactly */                 \
+        __int128 num = (__int128)((unsigned __int128)n * sumsq) - sum * sum;           \
+        *out = (moments){.count = n, .mean = (double)sum / (double)n,                  \
+                         .m2 = (double)num / (double)n, .min = lo, .max = hi};         \
+    }
+DEFINE_INT_MOMENTS(int_moments_u8, uint8_t)
+DEFINE_INT_MOMENTS(int_moments_i8, int8_t)
+DEFINE_INT_MOMENTS(int_moments_u16, uint16_t)
+DEFINE_INT_MOMENTS(int_moments_i16, int16_t)
+
+static int small_int_moments(const raster *r, int b, moments *out)
+{
+    size_t plane = (size_t)r->height * r->width;
+    if (!r->native || r->valid || plane == 0)
+        return 0;
+    const char *p = (const char *)r->native + (size_t)b * plane * raster_type_size(r->type);
+    switch (r->type) {
+    case RT_U8: int_moments_u8((const uint8_t *)p, plane, out); return 1;
+    case RT_I8: int_moments_i8((const int8_t *)p, plane, out); return 1;
+    case RT_U16: int_moments_u16((const uint16_t *)p, plane, out); return 1;
+    case RT_I16: int_moments_i16((const int16_t *)p, plane, out); return 1;
+    default: return 0;
+    }
 }
 
 static void add_block(void *ctx, const double *v, size_t n)
@@ -98,7 +160,8 @@ static void add_block(void *ctx, const double *v, size_t n)
 void band_moments(const raster *r, int b, moments *out)
 {
     moments_init(out);
-    band_foreach(r, b, add_block, out);
+    if (!small_int_moments(r, b, out))
+        band_foreach(r, b, add_block, out);
 }
 
 /* ---- histograms ---------------------------------------------------------- */

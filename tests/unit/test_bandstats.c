@@ -154,3 +154,37 @@ TEST(bandstats_mask_and_nan_excluded)
     moments_init(&e);
     CHECK(isnan(moments_std(&e)));
 }
+
+TEST(bandstats_integer_path_equals_float64_path)
+{
+    enum { H = 123, W = 457 };
+    static float f[H * W];
+    static uint16_t u[H * W];
+    static int16_t s[H * W];
+    rng g;
+    rng_init(&g, 77, 0, 0, 0);
+    for (int i = 0; i < H * W; i++) {
+        u[i] = (uint16_t)rng_below(&g, 65536);
+        f[i] = u[i];
+    }
+    raster r = {.bands = 1, .height = H, .width = W, .type = RT_U16, .data = f, .native = u};
+    raster viafloat = r;
+    viafloat.native = NULL;
+    moments a, b;
+    band_moments(&r, 0, &a);        /* exact integer sums */
+    band_moments(&viafloat, 0, &b); /* float64 blocks */
+    CHECK(a.count == b.count && a.min == b.min && a.max == b.max);
+    CHECK_NEAR(a.mean, b.mean, 1e-13);
+    CHECK_NEAR(moments_std(&a), moments_std(&b), 1e-12);
+    for (int i = 0; i < H * W; i++) {
+        s[i] = (int16_t)((int)rng_below(&g, 65536) - 32768);
+        f[i] = s[i];
+    }
+    r.type = RT_I16;
+    r.native = s;
+    band_moments(&r, 0, &a);
+    band_moments(&viafloat, 0, &b);
+    CHECK(a.min == b.min && a.max == b.max && a.min < 0);
+    CHECK_NEAR(a.mean, b.mean, 1e-12);
+    CHECK_NEAR(moments_std(&a), moments_std(&b), 1e-12);
+}
