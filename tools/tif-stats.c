@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bandstats.h"
@@ -59,7 +60,15 @@ typedef struct {
     histogram *fine;           /* [threads][bands] percentile histograms */
     pct_plan *plans;           /* [threads][bands] */
     const char *pass;
+    double t0;                 /* start of the pass, for rate and ETA */
 } job;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static void usage(void)
 {
@@ -125,8 +134,12 @@ static void parse_args(int argc, char **argv, options *o)
 static void show_progress(job *j)
 {
     size_t done = atomic_fetch_add(&j->done, 1) + 1;
-    if (j->o->progress)
-        fprintf(stderr, "\r%s: %s: %zu/%zu files", cli_tool(), j->pass, done, j->o->nfiles);
+    if (!j->o->progress)
+        return;
+    double dt = now() - j->t0, rate = dt > 0 ? (double)done / dt : 0;
+    double eta = rate > 0 ? (double)(j->o->nfiles - done) / rate : 0;
+    fprintf(stderr, "\r%s: %s: %zu/%zu files, %.1f files/s, ETA %.0f s   ", cli_tool(), j->pass,
+            done, j->o->nfiles, rate, eta);
 }
 
 static void end_progress(job *j)
@@ -244,6 +257,7 @@ static void fail_first(const job *j)
 static void run(job *j, parallel_fn fn, const char *pass)
 {
     j->pass = pass;
+    j->t0 = now();
     if (parallel_for(j->o->nfiles, j->o->threads, fn, j) != 0) {
         end_progress(j);
         fail_first(j);

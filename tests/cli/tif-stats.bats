@@ -216,3 +216,13 @@ PY
     assert_success
     assert_output --regexp "^tif-stats \(geodino\) [0-9]+\.[0-9]+\.[0-9]+$"
 }
+
+@test "--progress reports files, rate and ETA on stderr; --quiet and pipes are silent" {
+    run bash -c "'$BIN/tif-stats' --progress '$L7' '$L7' 2>&1 >/dev/null"
+    assert_success
+    assert_output --partial "2/2 files"
+    assert_output --partial "files/s, ETA"
+    run bash -c "'$BIN/tif-stats' '$L7' 2>&1 >/dev/null"
+    assert_success
+    assert_output ""
+}
