@@ -17,7 +17,7 @@
 #include "err.h"
 #include "rng.h"
 
-#define AEL_MAX_CLASSES 255          /* class ids are uint8; 255 is the usual ignore */
+#define AEL_MAX_CLASSES 256          /* class ids are uint8 */
 
 typedef struct ael_sample {
     int bands, height, width;
