@@ -382,8 +382,11 @@ static int load_list(const char *path, const opts *o, sample_set *set, gd_err *e
         ael_sample s;
         if (load_pair(lines[k], o, &s, err) < 0)
             rc = gd_err_prefix(err, "%s: line %zu", path, k + 1);
-        else if ((rc = set_push(set, &s, lines[k], err)) < 0)
-            ael_sample_free(&s);
+        else {
+            lines[k][strcspn(lines[k], " \t")] = 0;   /* the sample's name: its image */
+            if ((rc = set_push(set, &s, lines[k], err)) < 0)
+                ael_sample_free(&s);
+        }
     }
     free_lines(lines, n);
     return rc;
