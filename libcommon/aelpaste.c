@@ -222,35 +222,57 @@ void ael_draw_geom(rng *r, int h, int w, int H, int W, double smin, double smax,
     g->ox = (int)rng_below(r, (uint64_t)(pw - W) + 1);
 }
 
+/* One row of the crop: n pixels from src row (flipped when asked), the
+ * rest of dst left as it is (padding). */
+static void crop_row_f(const float *src, int sw, int sx, int n, int flip, float *dst)
+{
+    if (!flip) {
+        memcpy(dst, src + sx, (size_t)n * sizeof *dst);
+        return;
+    }
+    for (int x = 0; x < n; x++)
+        dst[x] = src[sw - 1 - (sx + x)];
+}
+
+static void crop_row_u8(const uint8_t *src, int sw, int sx, int n, int flip, uint8_t *dst)
+{
+    if (!flip) {
+        memcpy(dst, src + sx, (size_t)n);
+        return;
+    }
+    for (int x = 0; x < n; x++)
+        dst[x] = src[sw - 1 - (sx + x)];
+}
+
 int ael_apply_geom(const ael_sample *src, const ael_geom *g, int H, int W, int ignore,
                    ael_sample *out, gd_err *err)
 {
     ael_sample rs;
-    if (ael_sample_resize(src, g->rh, g->rw, &rs, err) < 0)
-        return -1;
+    const ael_sample *r = src;
+    if (g->rh != src->height || g->rw != src->width) {
+        if (ael_sample_resize(src, g->rh, g->rw, &rs, err) < 0)
+            return -1;
+        r = &rs;
+    }
     if (ael_sample_alloc(out, src->bands, H, W, err) < 0) {
-        ael_sample_free(&rs);
+        if (r == &rs)
+            ael_sample_free(&rs);
         return -1;
     }
-    /* out(y, x) = padded(oy + y, ox + x); padded is rs flipped, with
-     * image 0 and label `ignore` beyond its bottom and right edges */
+    /* out(y, x) = padded(oy + y, ox + x); padded is r flipped, with image
+     * 0 and label `ignore` beyond its bottom and right edges */
     memset(out->label, ignore, (size_t)H * W);
-    for (int y = 0; y < H; y++) {
-        int sy = g->oy + y;
-        if (sy >= rs.height)
-            continue;
-        for (int x = 0; x < W; x++) {
-            int sx = g->ox + x;
-            if (sx >= rs.width)
-                continue;
-            int fx = g->flip ? rs.width - 1 - sx : sx;
-            out->label[(size_t)y * W + x] = rs.label[(size_t)sy * rs.width + fx];
-            for (int b = 0; b < src->bands; b++)
-                out->image[((size_t)b * H + y) * W + x] =
-                    rs.image[((size_t)b * rs.height + sy) * rs.width + fx];
-        }
+    int rows = r->height - g->oy < H ? r->height - g->oy : H;
+    int cols = r->width - g->ox < W ? r->width - g->ox : W;
+    for (int y = 0; y < rows && cols > 0; y++) {
+        size_t srow = (size_t)(g->oy + y) * r->width;
+        crop_row_u8(r->label + srow, r->width, g->ox, cols, g->flip, out->label + (size_t)y * W);
+        for (int b = 0; b < src->bands; b++)
+            crop_row_f(r->image + (size_t)b * r->height * r->width + srow, r->width, g->ox, cols,
+                       g->flip, out->image + ((size_t)b * H + y) * W);
     }
-    ael_sample_free(&rs);
+    if (r == &rs)
+        ael_sample_free(&rs);
     return 0;
 }
 

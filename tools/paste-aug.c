@@ -468,17 +468,26 @@ static int load_msgs(const char *path, sample_set *set, gd_err *err)
 
 /* ---- the work on one sample ------------------------------------------- */
 
-/* The source sample at the base's size: a copy when sizes agree, resized
- * with --resize-to-base, otherwise an error.  Bands must always agree. */
-static int source_at_base(const ael_sample *base, const ael_sample *src, const char *what,
-                          const opts *o, ael_sample *out, gd_err *err)
+/* The source sample at the base's size: itself when sizes agree, a copy
+ * resized into *tmp with --resize-to-base, otherwise an error (NULL).
+ * Bands must always agree. */
+static const ael_sample *source_at_base(const ael_sample *base, const ael_sample *src,
+                                        const char *what, const opts *o, ael_sample *tmp,
+                                        gd_err *err)
 {
-    if (src->bands != base->bands)
-        return gd_errf(err, "%s has %d bands, the base has %d", what, src->bands, base->bands);
-    if ((src->height != base->height || src->width != base->width) && !o->resize_to_base)
-        return gd_errf(err, "%s is %dx%d, the base is %dx%d (use --resize-to-base)", what,
-                       src->height, src->width, base->height, base->width);
-    return ael_sample_resize(src, base->height, base->width, out, err);
+    memset(tmp, 0, sizeof *tmp);
+    if (src->bands != base->bands) {
+        gd_errf(err, "%s has %d bands, the base has %d", what, src->bands, base->bands);
+        return NULL;
+    }
+    if (src->height == base->height && src->width == base->width)
+        return src;
+    if (!o->resize_to_base) {
+        gd_errf(err, "%s is %dx%d, the base is %dx%d (use --resize-to-base)", what, src->height,
+                src->width, base->height, base->width);
+        return NULL;
+    }
+    return ael_sample_resize(src, base->height, base->width, tmp, err) < 0 ? NULL : tmp;
 }
 
 static int copy_paste_one(const opts *o, const bank *b, const double *probs,
@@ -489,8 +498,13 @@ static int copy_paste_one(const opts *o, const bank *b, const double *probs,
     rng r;
     rng_init(&r, o->seed, i, PART_PICK, 0);
     res->src = -1;
-    if (!rng_bernoulli(&r, o->prob) || pool->n == 0 || (same_pool && pool->n < 2))
-        return 0;   /* the output is the base unchanged */
+    if (!rng_bernoulli(&r, o->prob) || pool->n == 0 || (same_pool && pool->n < 2)) {
+        /* the output is the base unchanged */
+        size_t npix = (size_t)base->height * base->width;
+        memcpy(res->out.image, base->image, npix * base->bands * sizeof *base->image);
+        memcpy(res->out.label, base->label, npix);
+        return 0;
+    }
     size_t j = same_pool ? rng_below(&r, pool->n - 1) : rng_below(&r, pool->n);
     if (same_pool && j >= i)
         j++;        /* never paste a sample onto itself */
@@ -498,17 +512,18 @@ static int copy_paste_one(const opts *o, const bank *b, const double *probs,
     res->applied = 1;
     char what[64];
     snprintf(what, sizeof what, "paste sample %zu", j);
-    ael_sample at_base, shaped;
-    if (source_at_base(base, &pool->s[j], what, o, &at_base, &res->err) < 0)
+    ael_sample tmp, shaped;
+    const ael_sample *at_base = source_at_base(base, &pool->s[j], what, o, &tmp, &res->err);
+    if (!at_base)
         return -1;
     rng_init(&r, o->seed, i, PART_QUERY, 0);
     ael_query_classes(probs, b->classes, o->num_cat, &r, res->chosen);
     rng_init(&r, o->seed, i, PART_GEOM, 0);
     ael_geom g;
-    ael_draw_geom(&r, at_base.height, at_base.width, base->height, base->width, o->smin, o->smax,
+    ael_draw_geom(&r, at_base->height, at_base->width, base->height, base->width, o->smin, o->smax,
                   o->flip_prob, &g);
-    int rc = ael_apply_geom(&at_base, &g, base->height, base->width, o->ignore, &shaped, &res->err);
-    ael_sample_free(&at_base);
+    int rc = ael_apply_geom(at_base, &g, base->height, base->width, o->ignore, &shaped, &res->err);
+    ael_sample_free(&tmp);
     if (rc < 0)
         return -1;
     res->pixels = ael_copy_paste(base, &shaped, res->chosen, b->classes, o->ignore, &res->out,
@@ -543,24 +558,24 @@ static int cutmix_one(const opts *o, const bank *b, const double *probs, const s
     res->applied = 1;
     char what[64];
     snprintf(what, sizeof what, "source sample %zu", j);
-    ael_sample src;
-    if (source_at_base(base, &in->s[j], what, o, &src, &res->err) < 0)
+    ael_sample tmp;
+    const ael_sample *src = source_at_base(base, &in->s[j], what, o, &tmp, &res->err);
+    if (!src)
         return -1;
-    res->component = res->cls < 0 ? 0
-                                   : ael_cutmix_box(src.label, src.height, src.width, res->cls,
-                                                    o->area_thresh, &r, &res->box, &res->err);
-    if (res->cls < 0)
-        ael_init_cutmix(&r, src.height, src.width, &res->box);
+    res->component = ael_cutmix_box(src->label, src->height, src->width, res->cls, o->area_thresh,
+                                    &r, &res->box, &res->err);
     if (res->component < 0) {
-        ael_sample_free(&src);
+        ael_sample_free(&tmp);
         return -1;
     }
-    ael_cutmix(base, &src, &res->box, &res->out, res->mask);
+    ael_cutmix(base, src, &res->box, &res->out, res->mask);
     res->pixels = (size_t)(res->box.y1 - res->box.y0) * (size_t)(res->box.x1 - res->box.x0);
-    if ((long)i == o->preview_index)
-        res->shown = src;
+    if ((long)i == o->preview_index && !tmp.image)
+        ael_sample_resize(src, src->height, src->width, &res->shown, &res->err);  /* a copy */
+    else if ((long)i == o->preview_index)
+        res->shown = tmp;
     else
-        ael_sample_free(&src);
+        ael_sample_free(&tmp);
     return 0;
 }
 
@@ -584,8 +599,6 @@ static void run_one(const job *jb, size_t i, result *res)
         gd_errf(&res->err, "out of memory");
         return;
     }
-    memcpy(res->out.image, base->image, npix * base->bands * sizeof *base->image);
-    memcpy(res->out.label, base->label, npix);
     int rc = jb->o->mode == MODE_COPY_PASTE
                  ? copy_paste_one(jb->o, jb->b, jb->probs, jb->in, jb->pool, jb->same_pool, i, res)
                  : cutmix_one(jb->o, jb->b, jb->probs, jb->in, jb->present, i, res);
