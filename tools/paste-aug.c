@@ -395,6 +395,10 @@ static int load_list(const char *path, const opts *o, sample_set *set, gd_err *e
 /* The image tensor as float32, from any numeric dtype a writer might use. */
 static int image_from_tensor(const tensor *t, float *out, gd_err *err)
 {
+    if (t->dtype == DT_F4) {   /* the usual case: the bytes as they are */
+        memcpy(out, t->data, t->nbytes);
+        return 0;
+    }
     for (size_t i = 0; i < t->count; i++) {
         double v;
         switch (t->dtype) {
