@@ -868,6 +868,9 @@ static void parse_aug(int argc, char **argv, opts *o)
         cli_usage("--list and --input exclude each other");
     if (o->paste_list && o->paste_input)
         cli_usage("--paste-list and --paste-input exclude each other");
+    if (o->paste_input && !strcmp(o->paste_input, "-") && !o->list &&
+        (!o->input || !strcmp(o->input, "-")))
+        cli_usage("--paste-input -: standard input already holds the base samples");
     if (o->mode == MODE_CUTMIX && (o->paste_list || o->paste_input))
         cli_usage("cutmix takes its sources from the input; no --paste-list");
     if (!o->output && !o->out_dir)
@@ -903,6 +906,8 @@ static int cmd_aug(enum mode mode, int argc, char **argv)
         rc = load_msgs(o.paste_input, &pool, &err);
     if (rc < 0)
         cli_fail("%s", err.msg);
+    if (o.preview && (size_t)o.preview_index >= in.n)
+        cli_fail("--preview-index %d: the input has %zu samples", o.preview_index, in.n);
     int same_pool = !o.paste_list && !o.paste_input;
     if (o.out_dir && mkdir(o.out_dir, 0777) < 0 && errno != EEXIST)
         cli_fail("%s: %s", o.out_dir, strerror(errno));

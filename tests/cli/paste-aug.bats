@@ -278,3 +278,15 @@ print(struct.unpack('>II', b[16:24]))"
     assert_failure 1
     assert_output --partial "expected 'IMAGE LABEL'"
 }
+
+@test "paste-aug: --preview-index past the input and two uses of stdin are refused" {
+    pydata samples "$TMP/in.mpt" 2 1 8 8 1
+    pydata bank "$TMP/bank.mpt" 0.5,0.5
+    run "$BIN/paste-aug" copy-paste --bank "$TMP/bank.mpt" --input "$TMP/in.mpt" -o "$TMP/o.mpt" \
+        --preview "$TMP/p.png" --preview-index 2
+    assert_failure 1
+    assert_output "paste-aug: --preview-index 2: the input has 2 samples"
+    run "$BIN/paste-aug" copy-paste --bank "$TMP/bank.mpt" --paste-input - -o "$TMP/o.mpt" < "$TMP/in.mpt"
+    assert_failure 2
+    assert_line --index 0 "paste-aug: --paste-input -: standard input already holds the base samples"
+}
