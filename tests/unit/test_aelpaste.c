@@ -366,3 +366,42 @@ TEST(ael_means_json)
     for (size_t k = 0; k < sizeof junk / sizeof *junk; k++)
         CHECK_MSG(ael_parse_means_json(junk[k], strlen(junk[k]), 4, m, &err) < 0, "%s", junk[k]);
 }
+
+/* The direct crop of a resized sample equals resizing the whole sample
+ * with ael_resize_* and then flipping, padding and cropping it by hand. */
+TEST(ael_apply_geom_resized_matches_resize_then_crop)
+{
+    ael_sample src, out;
+    gd_err err;
+    CHECK(ael_sample_alloc(&src, 2, 13, 17, &err) == 0);
+    for (int i = 0; i < 2 * 13 * 17; i++)
+        src.image[i] = (float)((i * 37) % 101) - 20.0f;
+    for (int i = 0; i < 13 * 17; i++)
+        src.label[i] = (uint8_t)((i * 7) % 5);
+    const ael_geom cases[] = {{26, 34, 0, 5, 9}, {26, 34, 1, 3, 0}, {7, 9, 1, 0, 0}, {20, 11, 0, 4, 0}};
+    const int H = 16, W = 12;
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        const ael_geom *g = &cases[c];
+        float *big = malloc((size_t)2 * g->rh * g->rw * sizeof *big);
+        uint8_t *lab = malloc((size_t)g->rh * g->rw);
+        ael_resize_bilinear(src.image, 2, 13, 17, big, g->rh, g->rw);
+        ael_resize_nearest(src.label, 13, 17, lab, g->rh, g->rw);
+        CHECK(ael_apply_geom(&src, g, H, W, 255, &out, &err) == 0);
+        int bad = 0;
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++) {
+                int sy = g->oy + y, sx = g->ox + x, in = sy < g->rh && sx < g->rw;
+                int fx = g->flip ? g->rw - 1 - sx : sx;
+                uint8_t wl = in ? lab[sy * g->rw + fx] : 255;
+                bad += out.label[y * W + x] != wl;
+                for (int b = 0; b < 2; b++) {
+                    float wv = in ? big[(b * g->rh + sy) * g->rw + fx] : 0.0f;
+                    bad += out.image[(b * H + y) * W + x] != wv;
+                }
+            }
+        free(big), free(lab);
+        ael_sample_free(&out);
+        CHECK_MSG(bad == 0, "case %zu: %d pixels differ", c, bad);
+    }
+    ael_sample_free(&src);
+}
