@@ -53,6 +53,6 @@ open('$work/bank.mpt','wb').write(msgpack.packb({'v':1,'kind':'bank','meta':{'mo
     done
 }
 
-run_case "512x512x4 (SAR)" 16 4 512 512 0.9,0.4,0.6,0.2
+run_case "512x512x4 (SAR)" 10 4 512 512 0.9,0.4,0.6,0.2
 run_case "120x120x10 (BEN)" 300 10 120 120 0.9,0.4,0.6,0.2,0.8,0.7,0.5,0.3,0.95,0.1
-echo "paste-aug --threads 1; numpy $("$PY" -c 'import numpy; print(numpy.__version__)'); $(nproc) cores; medians of $REPEATS"
+echo "paste-aug --threads 1; numpy $("$PY" -c 'import numpy; print(numpy.__version__)'); $(nproc --all) cores; medians of $REPEATS"
