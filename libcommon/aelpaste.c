@@ -333,21 +333,26 @@ size_t ael_copy_paste(const ael_sample *base, const ael_sample *paste, const uin
     uint8_t take[256] = {0};
     for (int k = 0; k < classes && k < 256; k++)
         take[k] = chosen[k] && k != ignore;
+    uint8_t *alpha = mask ? mask : malloc(npix);
     for (size_t i = 0; i < npix; i++) {
-        uint8_t a = take[paste->label[i]];
+        uint8_t a = alpha ? (alpha[i] = take[paste->label[i]]) : take[paste->label[i]];
         out->label[i] = a ? paste->label[i] : base->label[i];
-        if (mask)
-            mask[i] = a;
         pasted += a;
     }
     /* alpha is 0 or 1, so (1 - a) * base + a * paste is a selection; it
-     * is written as one so that the result is exact */
+     * is written as one so that the result is exact (and vectorizes) */
     for (int b = 0; b < base->bands; b++) {
         const float *bi = base->image + (size_t)b * npix, *pi = paste->image + (size_t)b * npix;
         float *oi = out->image + (size_t)b * npix;
-        for (size_t i = 0; i < npix; i++)
-            oi[i] = take[paste->label[i]] ? pi[i] : bi[i];
+        if (alpha)
+            for (size_t i = 0; i < npix; i++)
+                oi[i] = alpha[i] ? pi[i] : bi[i];
+        else   /* no memory for alpha: look the class up again */
+            for (size_t i = 0; i < npix; i++)
+                oi[i] = take[paste->label[i]] ? pi[i] : bi[i];
     }
+    if (alpha != mask)
+        free(alpha);
     return pasted;
 }
 

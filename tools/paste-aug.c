@@ -51,6 +51,7 @@ typedef struct bank {
 
 /* What happened to one base sample. */
 typedef struct result {
+    msg *m;                    /* the output message; out and mask point into its tensors */
     ael_sample out;
     uint8_t *mask;
     ael_sample shown;          /* the transformed source, kept for --preview only */
@@ -592,18 +593,33 @@ typedef struct job {
     const uint8_t *present;
 } job;
 
+/* The output message with zeroed image, label and mask tensors, the
+ * result's out and mask pointing into them: the work writes the output
+ * in place, with no copy. */
+static int result_alloc(const ael_sample *base, result *res)
+{
+    int64_t ishape[3] = {base->bands, base->height, base->width};
+    int64_t lshape[2] = {base->height, base->width};
+    res->m = msg_new("sample");
+    if (!res->m || !msg_add_tensor(res->m, "image", DT_F4, 3, ishape) ||
+        !msg_add_tensor(res->m, "label", DT_U1, 2, lshape) ||
+        !msg_add_tensor(res->m, "mask", DT_U1, 2, lshape))
+        return gd_errf(&res->err, "out of memory for a %dx%dx%d sample", base->bands,
+                       base->height, base->width);
+    /* data pointers stay valid when the tensor array grows */
+    res->out = (ael_sample){base->bands, base->height, base->width,
+                            msg_get_tensor(res->m, "image")->data,
+                            msg_get_tensor(res->m, "label")->data};
+    res->mask = msg_get_tensor(res->m, "mask")->data;
+    return 0;
+}
+
 static void run_one(const job *jb, size_t i, result *res)
 {
-    const ael_sample *base = &jb->in->s[i];
     memset(res, 0, sizeof *res);
-    size_t npix = (size_t)base->height * base->width;
-    if (ael_sample_alloc(&res->out, base->bands, base->height, base->width, &res->err) < 0 ||
-        !(res->mask = calloc(npix, 1))) {
-        res->failed = 1;
-        gd_errf(&res->err, "out of memory");
-        return;
-    }
-    int rc = jb->o->mode == MODE_COPY_PASTE
+    int rc = result_alloc(&jb->in->s[i], res);
+    if (rc == 0)
+        rc = jb->o->mode == MODE_COPY_PASTE
                  ? copy_paste_one(jb->o, jb->b, jb->probs, jb->in, jb->pool, jb->same_pool, i, res)
                  : cutmix_one(jb->o, jb->b, jb->probs, jb->in, jb->present, i, res);
     if (rc < 0) {
@@ -614,10 +630,9 @@ static void run_one(const job *jb, size_t i, result *res)
 
 static void result_free(result *res)
 {
-    ael_sample_free(&res->out);
+    msg_free(res->m);
     ael_sample_free(&res->shown);
-    free(res->mask);
-    res->mask = NULL;
+    memset(res, 0, sizeof *res);
 }
 
 /* ---- output -------------------------------------------------------------- */
@@ -630,21 +645,15 @@ static value int_array(const long *v, int n)
     return a;
 }
 
-static msg *result_msg(const job *jb, size_t i, const result *res)
+/* Adds the description of what was done to the result's message. */
+static int result_meta(const job *jb, size_t i, const result *res)
 {
-    const ael_sample *s = &res->out;
-    msg *m = msg_new("sample");
-    if (!m)
-        return NULL;
-    int64_t ishape[3] = {s->bands, s->height, s->width}, lshape[2] = {s->height, s->width};
-    int ok = msg_add_tensor_copy(m, "image", DT_F4, 3, ishape, s->image) &&
-             msg_add_tensor_copy(m, "label", DT_U1, 2, lshape, s->label) &&
-             msg_add_tensor_copy(m, "mask", DT_U1, 2, lshape, res->mask);
     const char *files[2] = {jb->in->name[i],
                             res->src >= 0 ? (jb->o->mode == MODE_COPY_PASTE ? jb->pool : jb->in)
                                                 ->name[res->src]
                                           : NULL};
-    value *meta = &m->meta;
+    int ok = 1;
+    value *meta = &res->m->meta;
     ok = ok && value_set_str(meta, "tool", "paste-aug " GEODINO_VERSION) &&
          value_set_str(meta, "op", jb->o->mode == MODE_COPY_PASTE ? "copy-paste" : "cutmix") &&
          value_set_strs(meta, "files", files, res->src >= 0 ? 2 : 1) &&
@@ -665,11 +674,7 @@ static msg *result_msg(const job *jb, size_t i, const result *res)
              value_set(meta, "box", int_array(box, 4)) &&
              value_set_bool(meta, "component", res->component == 1);
     }
-    if (!ok) {
-        msg_free(m);
-        return NULL;
-    }
-    return m;
+    return ok ? 0 : -1;
 }
 
 static int write_pair(const char *dir, size_t i, const ael_sample *s, gd_err *err)
@@ -753,12 +758,11 @@ static int run_all(const job *jb, gd_err *err)
                 break;
             }
             if (to_msgs) {
-                msg *out = result_msg(jb, i, &res[k]);
-                if (!out)
+                if (result_meta(jb, i, &res[k]) < 0)
                     rc = gd_errf(err, "out of memory");
-                else if (mf ? msg_file_put(mf, out, err) : msg_write_fd(STDOUT_FILENO, out, err))
+                else if (mf ? msg_file_put(mf, res[k].m, err)
+                            : msg_write_fd(STDOUT_FILENO, res[k].m, err))
                     rc = -1;
-                msg_free(out);
             }
             if (rc == 0 && o->out_dir && write_pair(o->out_dir, i, &res[k].out, err) < 0)
                 rc = -1;
