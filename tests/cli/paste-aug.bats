@@ -290,3 +290,50 @@ print(struct.unpack('>II', b[16:24]))"
     assert_failure 2
     assert_line --index 0 "paste-aug: --paste-input -: standard input already holds the base samples"
 }
+
+@test "paste-aug: drawn classes follow softmax((1-c)^0.5) (copy-paste) and softmax(1-c) (cutmix)" {
+    pydata samples "$TMP/in.mpt" 3000 1 4 4 9
+    pydata bank "$TMP/bank.mpt" 0.05,0.3,0.6,0.9,0.2
+    "$BIN/paste-aug" copy-paste --bank "$TMP/bank.mpt" --input "$TMP/in.mpt" -o "$TMP/cp.mpt" \
+        --prob 1 --num-cat 1 --exclude 4 --seed 11
+    "$BIN/paste-aug" cutmix --bank "$TMP/bank.mpt" --input "$TMP/in.mpt" -o "$TMP/cm.mpt" \
+        --exclude 4 --seed 11
+    run "$PY" -c "
+import msgpack, numpy as np
+c = np.array([0.05, 0.3, 0.6, 0.9])
+def chi2(key, score):
+    p = np.exp(score) / np.exp(score).sum()
+    got = [m['meta'][key] for m in msgpack.Unpacker(open('$TMP/' + ('cp' if key == 'query_classes' else 'cm') + '.mpt', 'rb'), raw=False)]
+    got = [g[0] if isinstance(g, list) else g for g in got]
+    obs = np.bincount(got, minlength=5)
+    assert obs[4] == 0, obs
+    e = p * len(got)
+    return ((obs[:4] - e) ** 2 / e).sum()
+# 3 degrees of freedom: P(chi2 > 16.27) = 0.001
+a, b = chi2('query_classes', np.sqrt(1 - c)), chi2('class', 1 - c)
+print(a < 16.27, b < 16.27, '%.2f %.2f' % (a, b))"
+    assert_output --regexp "^True True "
+}
+
+@test "paste-aug --list --bands picks the image bands" {
+    "$PY" -c "
+import msgpack, numpy as np
+lab = (np.arange(352 * 349) % 3).astype('u1').reshape(352, 349)
+t = lambda a: {'dtype': a.dtype.str, 'shape': list(a.shape), 'data': a.tobytes()}
+open('$TMP/l.mpt','wb').write(msgpack.packb({'v':1,'kind':'sample','meta':{},'tensors':{'image':t(np.zeros((1, 352, 349), '<f4')),'label':t(lab)}}))"
+    "$BIN/paste-aug" bank init --classes 3 -o "$TMP/bank.mpt"
+    "$BIN/paste-aug" copy-paste --bank "$TMP/bank.mpt" --input "$TMP/l.mpt" --out-dir "$TMP/lab" --prob 0
+    printf '%s %s\n' "$DATA/L7_ETMs.tif" "$TMP/lab/000000_label.tif" > "$TMP/list.txt"
+    "$BIN/paste-aug" copy-paste --bank "$TMP/bank.mpt" --list "$TMP/list.txt" --prob 0 -o "$TMP/all.mpt"
+    "$BIN/paste-aug" copy-paste --bank "$TMP/bank.mpt" --list "$TMP/list.txt" --prob 0 --bands 4,3,2 -o "$TMP/sel.mpt"
+    run "$PY" -c "
+import msgpack, numpy as np
+def img(p):
+    m = next(iter(msgpack.Unpacker(open(p, 'rb'), raw=False)))['tensors']
+    return np.frombuffer(m['image']['data'], '<f4').reshape(m['image']['shape']), np.frombuffer(m['label']['data'], 'u1')
+a, la = img('$TMP/all.mpt'); s, ls = img('$TMP/sel.mpt')
+assert s.shape == (3, 352, 349) and (s == a[[3, 2, 1]]).all() and (la == ls).all()
+assert (la == np.arange(352 * 349) % 3).all()
+print('ok')"
+    assert_output "ok"
+}
