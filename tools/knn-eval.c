@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "json.h"
 #include "knn.h"
 #include "msg.h"
 
@@ -173,21 +174,6 @@ static const char *class_name(const msg *m, int c, char *buf, size_t len)
     return buf;
 }
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static void write_json(FILE *f, const options *o, const msg *train, const knn_set *tr,
                        const knn_set *te, const knn_result *res, const int *order)
 {
@@ -198,7 +184,7 @@ static void write_json(FILE *f, const options *o, const msg *train, const knn_se
     fputs("  \"classes\": [", f);
     for (int c = 0; c < classes; c++) {
         fputs(c ? ", " : "", f);
-        json_str(f, class_name(train, c, buf, sizeof buf));
+        json_write_string(f, class_name(train, c, buf, sizeof buf));
     }
     fputs("],\n  \"results\": [", f);
     for (int i = 0; i < o->nk; i++) {

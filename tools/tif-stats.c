@@ -16,6 +16,7 @@
 
 #include "bandstats.h"
 #include "cli.h"
+#include "json.h"
 #include "msg.h"
 #include "parallel.h"
 #include "raster.h"
@@ -206,9 +207,11 @@ static int pass_moments(void *ctx, size_t i, int thread)
     return 0;
 }
 
-static int pass_histograms(void *ctx, size_t i, int thread)
+/* The later passes: what to do with the raster of file i. */
+typedef void (*band_pass)(job *j, const raster *r, int thread);
+
+static int each_raster(job *j, size_t i, int thread, band_pass fn)
 {
-    job *j = ctx;
     file_result *fr = &j->res[i];
     raster tmp = {0};
     const raster *r;
@@ -216,32 +219,36 @@ static int pass_histograms(void *ctx, size_t i, int thread)
         fr->failed = 1;
         return 1;
     }
+    fn(j, r, thread);
+    raster_free(&tmp);
+    show_progress(j);
+    return 0;
+}
+
+static void add_histograms(job *j, const raster *r, int thread)
+{
     for (int b = 0; b < j->bands; b++) {
         if (j->hist)
             histogram_add_band(&j->hist[thread * j->bands + b], r, b);
         if (j->fine)
             histogram_add_band(&j->fine[thread * j->bands + b], r, b);
     }
-    raster_free(&tmp);
-    show_progress(j);
-    return 0;
+}
+
+static void collect_percentiles(job *j, const raster *r, int thread)
+{
+    for (int b = 0; b < j->bands; b++)
+        percentile_collect(&j->plans[thread * j->bands + b], r, b);
+}
+
+static int pass_histograms(void *ctx, size_t i, int thread)
+{
+    return each_raster(ctx, i, thread, add_histograms);
 }
 
 static int pass_collect(void *ctx, size_t i, int thread)
 {
-    job *j = ctx;
-    file_result *fr = &j->res[i];
-    raster tmp = {0};
-    const raster *r;
-    if (get_raster(j, i, &tmp, &r, &fr->err) < 0) {
-        fr->failed = 1;
-        return 1;
-    }
-    for (int b = 0; b < j->bands; b++)
-        percentile_collect(&j->plans[thread * j->bands + b], r, b);
-    raster_free(&tmp);
-    show_progress(j);
-    return 0;
+    return each_raster(ctx, i, thread, collect_percentiles);
 }
 
 /* The error of the first failed file, so the message does not depend on
@@ -366,63 +373,40 @@ static void second_passes(job *j, summary *s)
 
 /* ---- output --------------------------------------------------------------- */
 
-static void json_number(FILE *f, double v)
-{
-    if (isfinite(v))
-        fprintf(f, "%.17g", v);
-    else
-        fputs("null", f);
-}
-
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 static void print_json(FILE *f, const options *o, const summary *s)
 {
     double k = 1.0 / o->scale;
     fprintf(f, "{\n  \"files\": %zu,\n  \"scale\": ", o->nfiles);
-    json_number(f, o->scale);
+    json_write_number(f, o->scale);
     fputs(",\n  \"nodata\": ", f);
-    s->has_nodata ? json_number(f, s->nodata) : (void)fputs("null", f);
+    s->has_nodata ? json_write_number(f, s->nodata) : (void)fputs("null", f);
     fputs(",\n  \"bands\": {", f);
     for (int b = 0; b < s->bands; b++) {
         const moments *m = &s->m[b];
         int empty = m->count == 0;
         fputs(b ? ",\n    " : "\n    ", f);
-        json_string(f, s->names[b]);
+        json_write_string(f, s->names[b]);
         fprintf(f, ": {\"count\": %llu, \"mean\": ", (unsigned long long)m->count);
-        json_number(f, empty ? NAN : m->mean * k);
+        json_write_number(f, empty ? NAN : m->mean * k);
         fputs(", \"std\": ", f);
-        json_number(f, moments_std(m) * k);
+        json_write_number(f, moments_std(m) * k);
         fputs(", \"min\": ", f);
-        json_number(f, empty ? NAN : m->min * k);
+        json_write_number(f, empty ? NAN : m->min * k);
         fputs(", \"max\": ", f);
-        json_number(f, empty ? NAN : m->max * k);
+        json_write_number(f, empty ? NAN : m->max * k);
         if (o->npcts) {
             fputs(", \"percentiles\": {", f);
             for (int p = 0; p < o->npcts; p++) {
                 fprintf(f, "%s\"%g\": ", p ? ", " : "", o->pcts[p]);
-                json_number(f, s->pct[(size_t)b * o->npcts + p] * k);
+                json_write_number(f, s->pct[(size_t)b * o->npcts + p] * k);
             }
             fputc('}', f);
         }
         if (o->hist_bins) {
             fputs(", \"histogram\": {\"min\": ", f);
-            json_number(f, empty ? NAN : m->min * k);
+            json_write_number(f, empty ? NAN : m->min * k);
             fputs(", \"max\": ", f);
-            json_number(f, empty ? NAN : m->max * k);
+            json_write_number(f, empty ? NAN : m->max * k);
             fputs(", \"counts\": [", f);
             for (int h = 0; h < o->hist_bins; h++)
                 fprintf(f, "%s%llu", h ? ", " : "",
