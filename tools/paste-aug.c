@@ -49,6 +49,12 @@ typedef struct bank {
     int64_t updates;
 } bank;
 
+/* Which images hold each class (cutmix): the indices of the images where
+ * class k is present are idx[off[k] .. off[k+1]). */
+typedef struct presence {
+    size_t *off, *idx;
+} presence;
+
 /* What happened to one base sample. */
 typedef struct result {
     msg *m;                    /* the output message; out and mask point into its tensors */
@@ -533,7 +539,7 @@ static int copy_paste_one(const opts *o, const bank *b, const double *probs,
         return -1;
     res->pixels = ael_copy_paste(base, &shaped, res->chosen, b->classes, o->ignore, &res->out,
                                  res->mask);
-    if ((long)i == o->preview_index)
+    if (o->preview && (long)i == o->preview_index)
         res->shown = shaped;
     else
         ael_sample_free(&shaped);
@@ -541,7 +547,7 @@ static int copy_paste_one(const opts *o, const bank *b, const double *probs,
 }
 
 static int cutmix_one(const opts *o, const bank *b, const double *probs, const sample_set *in,
-                      const uint8_t *present, size_t i, result *res)
+                      const presence *pres, size_t i, result *res)
 {
     const ael_sample *base = &in->s[i];
     rng r;
@@ -549,16 +555,9 @@ static int cutmix_one(const opts *o, const bank *b, const double *probs, const s
     res->cls = ael_draw_class(probs, b->classes, &r);
     /* AEL's sample_from_bank: a random image where the class is present,
      * any image when there is none */
-    size_t count = 0;
-    for (size_t j = 0; res->cls >= 0 && j < in->n; j++)
-        count += present[j * b->classes + res->cls];
-    size_t pick = rng_below(&r, count ? count : in->n), j = 0;
-    if (count)
-        for (size_t seen = 0;; j++)
-            if (present[j * b->classes + res->cls] && seen++ == pick)
-                break;
-    if (!count)
-        j = pick;
+    size_t count = pres->off[res->cls + 1] - pres->off[res->cls];
+    size_t pick = rng_below(&r, count ? count : in->n);
+    size_t j = count ? pres->idx[pres->off[res->cls] + pick] : pick;
     res->src = (long)j;
     res->applied = 1;
     char what[64];
@@ -575,9 +574,10 @@ static int cutmix_one(const opts *o, const bank *b, const double *probs, const s
     }
     ael_cutmix(base, src, &res->box, &res->out, res->mask);
     res->pixels = (size_t)(res->box.y1 - res->box.y0) * (size_t)(res->box.x1 - res->box.x0);
-    if ((long)i == o->preview_index && !tmp.image)
+    int shown = o->preview && (long)i == o->preview_index;
+    if (shown && !tmp.image)
         ael_sample_resize(src, src->height, src->width, &res->shown, &res->err);  /* a copy */
-    else if ((long)i == o->preview_index)
+    else if (shown)
         res->shown = tmp;
     else
         ael_sample_free(&tmp);
@@ -590,7 +590,7 @@ typedef struct job {
     const double *probs;
     const sample_set *in, *pool;
     int same_pool;
-    const uint8_t *present;
+    const presence *present;
 } job;
 
 /* The output message with zeroed image, label and mask tensors, the
@@ -883,6 +883,42 @@ static void parse_aug(int argc, char **argv, opts *o)
         cli_usage("refusing to write messages to a terminal (use -o FILE or --out-dir)");
 }
 
+/* AEL's per-image class-presence bank, as one list of images per class. */
+static int presence_build(const sample_set *in, int classes, const opts *o, presence *p,
+                          gd_err *err)
+{
+    uint8_t *flags = calloc(in->n ? in->n * (size_t)classes : 1, 1);
+    p->off = calloc((size_t)classes + 1, sizeof *p->off);
+    if (!flags || !p->off) {
+        free(flags);
+        return gd_errf(err, "out of memory");
+    }
+    for (size_t j = 0; j < in->n; j++) {
+        uint8_t *f = flags + j * classes;
+        ael_presence(in->s[j].label, (size_t)in->s[j].height * in->s[j].width, classes, o->ignore,
+                     o->area_thresh2, f);
+        for (int k = 0; k < classes; k++)
+            p->off[k + 1] += f[k];
+    }
+    for (int k = 0; k < classes; k++)
+        p->off[k + 1] += p->off[k];
+    p->idx = malloc((p->off[classes] ? p->off[classes] : 1) * sizeof *p->idx);
+    if (!p->idx) {
+        free(flags);
+        return gd_errf(err, "out of memory");
+    }
+    size_t *fill = calloc((size_t)classes, sizeof *fill);
+    for (size_t j = 0; fill && j < in->n; j++)   /* in image order, as AEL's nonzero() */
+        for (int k = 0; k < classes; k++)
+            if (flags[j * classes + k])
+                p->idx[p->off[k] + fill[k]++] = j;
+    free(flags);
+    if (!fill)
+        return gd_errf(err, "out of memory");
+    free(fill);
+    return 0;
+}
+
 static int cmd_aug(enum mode mode, int argc, char **argv)
 {
     opts o = {.mode = mode, .prob = 0.5, .smin = 0.1, .smax = 2.0, .flip_prob = 0.5,
@@ -916,18 +952,14 @@ static int cmd_aug(enum mode mode, int argc, char **argv)
     if (o.out_dir && mkdir(o.out_dir, 0777) < 0 && errno != EEXIST)
         cli_fail("%s: %s", o.out_dir, strerror(errno));
 
-    uint8_t *present = NULL;
-    if (mode == MODE_CUTMIX) {
-        if (!(present = calloc(in.n ? in.n * b.classes : 1, 1)))
-            cli_fail("out of memory");
-        for (size_t j = 0; j < in.n; j++)
-            ael_presence(in.s[j].label, (size_t)in.s[j].height * in.s[j].width, b.classes,
-                         o.ignore, o.area_thresh2, present + j * b.classes);
-    }
-    job jb = {&o, &b, probs, &in, same_pool ? &in : &pool, same_pool, present};
+    presence pres = {0};
+    if (mode == MODE_CUTMIX && presence_build(&in, b.classes, &o, &pres, &err) < 0)
+        cli_fail("%s", err.msg);
+    job jb = {&o, &b, probs, &in, same_pool ? &in : &pool, same_pool, &pres};
     if (run_all(&jb, &err) < 0)
         cli_fail("%s", err.msg);
-    free(present);
+    free(pres.off);
+    free(pres.idx);
     free(b.conf);
     set_free(&in);
     set_free(&pool);
