@@ -114,7 +114,7 @@ fuzz: deps
 	$(MAKE) -f tests/fuzz/fuzz.mk
 
 bench: all
-	bench/tif-stats.sh
+	@for b in bench/*.sh; do echo "== $$b"; $$b || exit 1; done
 
 clean:
 	rm -rf build build-asan build-fuzz lib bin
