@@ -57,8 +57,31 @@ int outbuf_write(outbuf *ob, const void *data, size_t len)
     return 0;
 }
 
+/* Devices, FIFOs and sockets are opened as they are, without truncation. */
+static int open_in_place(atomic_file *f, const char *path, gd_err *err)
+{
+    f->tmp = NULL;
+    f->path = strdup(path);
+    if (!f->path)
+        return gd_errf(err, "%s: out of memory", path);
+    f->fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (f->fd < 0) {
+        gd_errno(err, path);
+        free(f->path);
+        f->path = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 int atomic_open(atomic_file *f, const char *path, gd_err *err)
 {
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        if (S_ISDIR(st.st_mode))
+            return gd_errf(err, "%s: is a directory", path);
+        return open_in_place(f, path, err);
+    }
     f->fd = -1;
     f->path = strdup(path);
     size_t n = strlen(path) + 16;
@@ -113,6 +136,14 @@ static int fsync_dir_of(const char *path)
 int atomic_commit(atomic_file *f, gd_err *err)
 {
     int rc = 0;
+    if (!f->tmp) { /* written in place: nothing to rename */
+        if (close(f->fd) < 0)
+            rc = gd_errno(err, f->path);
+        f->fd = -1;
+        free(f->path);
+        f->path = NULL;
+        return rc;
+    }
     if (fsync(f->fd) < 0)
         rc = gd_errno(err, f->path);
     if (close(f->fd) < 0 && rc == 0)

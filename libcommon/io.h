@@ -27,11 +27,13 @@ int write_all(int fd, const void *data, size_t len);
 /* A file written under a temporary name in the same directory, made
  * visible under its real name only by atomic_commit (fsync, rename,
  * fsync of the directory): a reader never sees half a file and a crash
- * never destroys the previous version. */
+ * never destroys the previous version.  A path that exists and is not a
+ * regular file (/dev/null, /dev/stdout, a FIFO) is written in place:
+ * renaming over it would replace the device with a file. */
 typedef struct atomic_file {
     int fd;
     char *path;
-    char *tmp;
+    char *tmp;      /* NULL when writing in place */
 } atomic_file;
 
 int atomic_open(atomic_file *f, const char *path, gd_err *err);

@@ -865,6 +865,10 @@ int raster_write(const char *path, const void *samples, raster_type type, int ba
     atomic_file af;
     if (atomic_open(&af, path, err) < 0)
         return -1;
+    if (!af.tmp) { /* libtiff seeks while writing: a device or pipe cannot hold a TIFF */
+        atomic_abort(&af);
+        return gd_errf(err, "%s: not a regular file; TIFFs can only be written to files", path);
+    }
     tiff_msgs msgs = {{0}};
     TIFFOpenOptions *o = open_options(&msgs);
     TIFF *tif = o ? TIFFFdOpenExt(af.fd, af.tmp, "w", o) : NULL;

@@ -9,6 +9,8 @@ ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 BIN=${GEODINO_BIN:-$ROOT/bin}
 DATA=$ROOT/tests/data
 PY=/usr/bin/python3   # Debian's python, which has numpy and msgpack
+# GDAL must compute statistics, never read them from a stray .aux.xml
+export GDAL_PAM_ENABLED=NO
 
 # A scratch directory per test.
 setup() {

@@ -226,3 +226,9 @@ PY
     assert_success
     assert_output ""
 }
+
+@test "-o /dev/null leaves the device a device" {
+    run "$BIN/tif-stats" -q -o /dev/null "$L7"
+    assert_success
+    [ -c /dev/null ]
+}

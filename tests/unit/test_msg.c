@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "msg.h"
@@ -408,5 +409,33 @@ TEST(msg_memory_reader_leaves_input_untouched)
     CHECK(memcmp(buf, copy, len) == 0);
     free(copy);
     free(buf);
+    msg_free(m);
+}
+
+/* Found by the multicrop work: "-o /dev/null" once renamed a temporary
+ * file over the device.  Devices and FIFOs are written in place. */
+TEST(msg_write_to_devices_and_fifos_in_place)
+{
+    msg *m = sample_message();
+    gd_err err;
+    struct stat st;
+    CHECK_MSG(msg_write_file("/dev/null", &m, 1, &err) == 0, "%s", err.msg);
+    CHECK(stat("/dev/null", &st) == 0 && S_ISCHR(st.st_mode));
+    const char *fifo = test_path("fifo");
+    CHECK(mkfifo(fifo, 0600) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        gd_err e;
+        _exit(msg_write_file(fifo, &m, 1, &e) == 0 ? 0 : 1);
+    }
+    msg *got = msg_read_one(fifo, "batch", &err);
+    CHECK_MSG(got, "%s", err.msg);
+    CHECK(same_message(m, got));
+    msg_free(got);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(stat(fifo, &st) == 0 && S_ISFIFO(st.st_mode));
+    CHECK(msg_write_file(test_tmpdir(), &m, 1, &err) == -1);
+    CHECK_STR_CONTAINS(err.msg, "is a directory");
     msg_free(m);
 }

@@ -297,3 +297,13 @@ TEST(raster_bad_files_are_errors)
     CHECK_STR_CONTAINS(err.msg, "larger than the limit of 1000 samples");
     free(buf);
 }
+
+TEST(raster_write_refuses_devices)
+{
+    uint8_t px[4] = {1, 2, 3, 4};
+    gd_err err;
+    struct stat st;
+    CHECK(raster_write("/dev/null", px, RT_U8, 1, 2, 2, &err) == -1);
+    CHECK_STR_CONTAINS(err.msg, "not a regular file");
+    CHECK(stat("/dev/null", &st) == 0 && S_ISCHR(st.st_mode));
+}
