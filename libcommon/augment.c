@@ -1,0 +1,323 @@
+#include "augment.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- RandomResizedCrop ------------------------------------------------- */
+
+/* torchvision's fallback when ten tries found no crop that fits: the
+ * largest centred box whose aspect ratio is inside the range. */
+static void rrc_fallback(int H, int W, const double ratio[2], crop_box *out)
+{
+    double in_ratio = (double)W / (double)H;
+    double rmin = fmin(ratio[0], ratio[1]), rmax = fmax(ratio[0], ratio[1]);
+    int w = W, h = H;
+    if (in_ratio < rmin)
+        h = (int)nearbyint(w / rmin);
+    else if (in_ratio > rmax)
+        w = (int)nearbyint(h * rmax);
+    if (h < 1)
+        h = 1;
+    if (w < 1)
+        w = 1;
+    out->height = h;
+    out->width = w;
+    out->top = (H - h) / 2;
+    out->left = (W - w) / 2;
+}
+
+int rrc_sample(rng *r, int H, int W, const double scale[2], const double ratio[2], crop_box *out)
+{
+    double area = (double)H * (double)W;
+    double lr0 = log(ratio[0]), lr1 = log(ratio[1]);
+    for (int t = 1; t <= 10; t++) {
+        double target = area * rng_range(r, scale[0], scale[1]);
+        double aspect = exp(rng_range(r, lr0, lr1));
+        /* Python's round() is half-to-even, as nearbyint in the default mode */
+        double w = nearbyint(sqrt(target * aspect));
+        double h = nearbyint(sqrt(target / aspect));
+        if (w > 0 && w <= W && h > 0 && h <= H) {
+            out->height = (int)h;
+            out->width = (int)w;
+            out->top = (int)rng_below(r, (uint64_t)(H - out->height + 1));
+            out->left = (int)rng_below(r, (uint64_t)(W - out->width + 1));
+            return t;
+        }
+    }
+    rrc_fallback(H, W, ratio, out);
+    return 11;
+}
+
+/* ---- geometry ----------------------------------------------------------- */
+
+void view_geom_set_ssr(view_geom *g, double angle_deg, double scale, double dx, double dy)
+{
+    double th = angle_deg * M_PI / 180.0;
+    double a = scale * cos(th), b = scale * sin(th);
+    double cx = (g->out_w - 1) / 2.0, cy = (g->out_h - 1) / 2.0;
+    /* forward map (OpenCV): [a b tx; -b a ty] */
+    double tx = (1 - a) * cx - b * cy + dx * g->out_w;
+    double ty = b * cx + (1 - a) * cy + dy * g->out_h;
+    double det = a * a + b * b;
+    g->inv[0] = a / det;
+    g->inv[1] = -b / det;
+    g->inv[3] = b / det;
+    g->inv[4] = a / det;
+    g->inv[2] = -(g->inv[0] * tx + g->inv[1] * ty);
+    g->inv[5] = -(g->inv[3] * tx + g->inv[4] * ty);
+    g->ssr = true;
+}
+
+/* Reflect-101 (gfedcb|abcdefgh|gfedcba) of a continuous position onto
+ * [0, n-1]. */
+static double reflect101(double v, int n)
+{
+    if (v >= 0 && v <= n - 1)
+        return v;
+    if (n == 1)
+        return 0;
+    double period = 2.0 * (n - 1);
+    v = fmod(fabs(v), period);
+    return v > n - 1 ? period - v : v;
+}
+
+/* Rotations by multiples of 90 degrees land on pixel centres up to a few
+ * ulps of sin/cos; snapping keeps such results exact. */
+static double snap(double v)
+{
+    double r = nearbyint(v);
+    return fabs(v - r) < 1e-9 ? r : v;
+}
+
+static double clampd(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+void view_geom_source(const view_geom *g, double ox, double oy, double *sx, double *sy)
+{
+    double x = ox, y = oy;
+    if (g->ssr) {
+        x = snap(g->inv[0] * ox + g->inv[1] * oy + g->inv[2]);
+        y = snap(g->inv[3] * ox + g->inv[4] * oy + g->inv[5]);
+        x = reflect101(x, g->out_w);
+        y = reflect101(y, g->out_h);
+    }
+    if (g->flip)
+        x = g->out_w - 1 - x;
+    /* resize of the crop with pixel centres aligned (align_corners=False),
+     * clamped to the crop as crop-then-resize would be */
+    const crop_box *c = &g->crop;
+    double fx = (double)c->width / g->out_w, fy = (double)c->height / g->out_h;
+    *sx = clampd(c->left + (x + 0.5) * fx - 0.5, c->left, c->left + c->width - 1);
+    *sy = clampd(c->top + (y + 0.5) * fy - 0.5, c->top, c->top + c->height - 1);
+}
+
+void warp_taps(const view_geom *g, int W, warp_tap *taps)
+{
+    int xmax = g->crop.left + g->crop.width - 1, ymax = g->crop.top + g->crop.height - 1;
+    for (int oy = 0; oy < g->out_h; oy++)
+        for (int ox = 0; ox < g->out_w; ox++) {
+            double sx, sy;
+            view_geom_source(g, ox, oy, &sx, &sy);
+            int x0 = (int)floor(sx), y0 = (int)floor(sy);
+            warp_tap *t = &taps[(size_t)oy * g->out_w + ox];
+            t->dx = x0 < xmax;
+            t->dy = y0 < ymax;
+            t->fx = t->dx ? (float)(sx - x0) : 0.0f;
+            t->fy = t->dy ? (float)(sy - y0) : 0.0f;
+            t->off = (int64_t)y0 * W + x0;
+        }
+}
+
+void warp_apply(const float *src, int C, int H, int W, const warp_tap *taps, size_t npix,
+                float *dst)
+{
+    for (int c = 0; c < C; c++) {
+        const float *s = src + (size_t)c * H * W;
+        float *d = dst + (size_t)c * npix;
+        for (size_t p = 0; p < npix; p++) {
+            const warp_tap *t = &taps[p];
+            const float *q = s + t->off;
+            const float *q1 = q + (size_t)t->dy * W;
+            float top = q[0] + t->fx * (q[t->dx] - q[0]);
+            float bot = q1[0] + t->fx * (q1[t->dx] - q1[0]);
+            d[p] = top + t->fy * (bot - top);
+        }
+    }
+}
+
+/* ---- photometric ------------------------------------------------------- */
+
+void jitter_apply(float *img, int C, size_t npix, const float *b, const float *c)
+{
+    for (int k = 0; k < C; k++) {
+        float *x = img + (size_t)k * npix;
+        double sum = 0;
+        for (size_t p = 0; p < npix; p++)
+            sum += x[p];
+        /* the mean after brightness is b times the mean before */
+        float m = (float)(sum / (double)npix) * b[k];
+        float bk = b[k], ck = c[k];
+#pragma omp simd
+        for (size_t p = 0; p < npix; p++) {
+            float v = (x[p] * bk - m) * ck + m;
+            x[p] = v > 0 ? v : 0;
+        }
+    }
+}
+
+void collapse_apply(float *img, int C, size_t npix, int k)
+{
+    const float *src = img + (size_t)k * npix;
+    for (int c = 0; c < C; c++)
+        if (c != k)
+            memcpy(img + (size_t)c * npix, src, npix * sizeof *img);
+}
+
+int gauss_kernel(double sigma, float *k)
+{
+    int r = (int)ceil(3.0 * sigma);
+    if (r < 1)
+        r = 1;
+    if (r > GAUSS_MAX_RADIUS)
+        r = GAUSS_MAX_RADIUS;
+    double w[2 * GAUSS_MAX_RADIUS + 1], sum = 0;
+    for (int i = -r; i <= r; i++)
+        sum += w[i + r] = exp(-(double)(i * i) / (2.0 * sigma * sigma));
+    for (int i = 0; i <= 2 * r; i++)
+        k[i] = (float)(w[i] / sum);
+    return r;
+}
+
+/* Reflect-101 of an integer index onto [0, n-1], for any distance. */
+static int reflect101_i(int i, int n)
+{
+    if (n == 1)
+        return 0;
+    int period = 2 * (n - 1);
+    i = abs(i) % period;
+    return i > n - 1 ? period - i : i;
+}
+
+static void blur_rows(const float *in, float *out, int h, int w, const float *k, int r, float *pad)
+{
+    for (int y = 0; y < h; y++) {
+        const float *row = in + (size_t)y * w;
+        for (int i = -r; i < w + r; i++)
+            pad[i + r] = row[reflect101_i(i, w)];
+        float *o = out + (size_t)y * w;
+        memset(o, 0, (size_t)w * sizeof *o);
+        for (int t = 0; t <= 2 * r; t++) {
+            float kt = k[t];
+            const float *p = pad + t;
+#pragma omp simd
+            for (int x = 0; x < w; x++)
+                o[x] += kt * p[x];
+        }
+    }
+}
+
+static void blur_cols(const float *in, float *out, int h, int w, const float *k, int r)
+{
+    for (int y = 0; y < h; y++) {
+        float *o = out + (size_t)y * w;
+        memset(o, 0, (size_t)w * sizeof *o);
+        for (int t = -r; t <= r; t++) {
+            float kt = k[t + r];
+            const float *p = in + (size_t)reflect101_i(y + t, h) * w;
+#pragma omp simd
+            for (int x = 0; x < w; x++)
+                o[x] += kt * p[x];
+        }
+    }
+}
+
+void blur_apply(float *img, int C, int h, int w, double sigma, float *tmp)
+{
+    float k[2 * GAUSS_MAX_RADIUS + 1];
+    int r = gauss_kernel(sigma, k);
+    size_t npix = (size_t)h * w;
+    float *pad = tmp + npix;
+    for (int c = 0; c < C; c++) {
+        float *x = img + (size_t)c * npix;
+        blur_rows(x, tmp, h, w, k, r, pad);
+        blur_cols(tmp, x, h, w, k, r);
+    }
+}
+
+void solarize_apply(float *img, size_t n, float t)
+{
+    float t2 = 2 * t;
+#pragma omp simd
+    for (size_t p = 0; p < n; p++)
+        img[p] = img[p] >= t ? t2 - img[p] : img[p];
+}
+
+void normalize_apply(float *img, int C, size_t npix, const float *mean, const float *std)
+{
+    for (int c = 0; c < C; c++) {
+        float *x = img + (size_t)c * npix;
+        float m = mean[c], inv = 1.0f / std[c];
+#pragma omp simd
+        for (size_t p = 0; p < npix; p++)
+            x[p] = (x[p] - m) * inv;
+    }
+}
+
+/* ---- half precision ----------------------------------------------------- */
+
+static uint32_t f32_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static float bits_f32(uint32_t u)
+{
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+uint16_t f32_to_f16(float x)
+{
+    uint32_t u = f32_bits(x);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) /* NaN: keep it quiet and keep the top payload bits */
+        return sign | 0x7e00 | (uint16_t)((a >> 13) & 0x3ff);
+    if (a >= 0x477ff000u) /* >= 65520 rounds to infinity */
+        return sign | 0x7c00;
+    if (a < 0x38800000u) {
+        /* below 2^-14: a subnormal half, in units of 2^-24; the product is
+         * exact and nearbyintf rounds half to even (1024 is the smallest
+         * normal, which the bit pattern also says) */
+        return sign | (uint16_t)nearbyintf(bits_f32(a) * 16777216.0f);
+    }
+    a += 0xfffu + ((a >> 13) & 1u); /* round to nearest even at bit 13 */
+    return sign | (uint16_t)((a - 0x38000000u) >> 13);
+}
+
+float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0) {
+        float v = ldexpf((float)m, -24);
+        return sign ? -v : v;
+    }
+    if (e == 31)
+        return bits_f32(sign | 0x7f800000u | (m << 13));
+    return bits_f32(sign | ((e + 112) << 23) | (m << 13));
+}
+
+uint16_t f32_to_bf16(float x)
+{
+    uint32_t u = f32_bits(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x0040);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
