@@ -24,7 +24,14 @@ def read_envi(raw):
     w, h, b = int(meta["samples"]), int(meta["lines"]), int(meta["bands"])
     types = {"1": np.uint8, "2": np.int16, "12": np.uint16, "4": np.float32}
     x = np.fromfile(raw, dtype=types[meta["data type"]])
-    return x.reshape(b, h, w).astype(np.float64)
+    order = meta.get("interleave", "bsq").lower()
+    if order == "bip":
+        x = x.reshape(h, w, b).transpose(2, 0, 1)
+    elif order == "bil":
+        x = x.reshape(h, b, w).transpose(1, 0, 2)
+    else:
+        x = x.reshape(b, h, w)
+    return x.astype(np.float64)
 
 
 def tensor(a):
