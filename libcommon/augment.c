@@ -113,19 +113,53 @@ void view_geom_source(const view_geom *g, double ox, double oy, double *sx, doub
     *sy = clampd(c->top + (y + 0.5) * fy - 0.5, c->top, c->top + c->height - 1);
 }
 
+/* The bilinear tap of one source position along one axis. */
+static void axis_tap(double s, int hi, int *i0, int16_t *step, float *frac)
+{
+    int i = (int)s; /* floor: s >= 0, clamped to the crop */
+    *i0 = i;
+    *step = i < hi;
+    *frac = *step ? (float)(s - i) : 0.0f;
+}
+
 void warp_taps(const view_geom *g, int W, warp_tap *taps)
 {
     int xmax = g->crop.left + g->crop.width - 1, ymax = g->crop.top + g->crop.height - 1;
+    if (!g->ssr) {
+        /* without rotation x depends on the column only and y on the row
+         * only: one tap per column and per row, combined */
+        for (int ox = 0; ox < g->out_w; ox++) {
+            double sx, sy;
+            int x0;
+            view_geom_source(g, ox, 0, &sx, &sy);
+            axis_tap(sx, xmax, &x0, &taps[ox].dx, &taps[ox].fx);
+            taps[ox].off = x0; /* row 0 holds the column taps until the end */
+        }
+        for (int oy = g->out_h - 1; oy >= 0; oy--) {
+            double sx, sy;
+            int y0;
+            int16_t dy;
+            float fy;
+            view_geom_source(g, 0, oy, &sx, &sy);
+            axis_tap(sy, ymax, &y0, &dy, &fy);
+            warp_tap *row = taps + (size_t)oy * g->out_w;
+            for (int ox = 0; ox < g->out_w; ox++) {
+                row[ox] = taps[ox]; /* rows from the last up: row 0 is done last */
+                row[ox].off = (int64_t)y0 * W + taps[ox].off;
+                row[ox].dy = dy;
+                row[ox].fy = fy;
+            }
+        }
+        return;
+    }
     for (int oy = 0; oy < g->out_h; oy++)
         for (int ox = 0; ox < g->out_w; ox++) {
             double sx, sy;
             view_geom_source(g, ox, oy, &sx, &sy);
-            int x0 = (int)sx, y0 = (int)sy; /* floor: both are >= 0, clamped to the crop */
             warp_tap *t = &taps[(size_t)oy * g->out_w + ox];
-            t->dx = x0 < xmax;
-            t->dy = y0 < ymax;
-            t->fx = t->dx ? (float)(sx - x0) : 0.0f;
-            t->fy = t->dy ? (float)(sy - y0) : 0.0f;
+            int x0, y0;
+            axis_tap(sx, xmax, &x0, &t->dx, &t->fx);
+            axis_tap(sy, ymax, &y0, &t->dy, &t->fy);
             t->off = (int64_t)y0 * W + x0;
         }
 }

@@ -53,7 +53,7 @@ void view_geom_source(const view_geom *g, double ox, double oy, double *sx, doub
 
 /* One bilinear tap set per output pixel. */
 typedef struct warp_tap {
-    int32_t off;          /* y0 * W + x0 in the source band */
+    int64_t off;          /* y0 * W + x0 in the source band */
     int16_t dx, dy;       /* 0 or 1: whether x0+1 / y0+1 are inside the crop */
     float fx, fy;         /* weights of x0+1 and y0+1 */
 } warp_tap;
