@@ -65,6 +65,21 @@ void warp_taps(const view_geom *g, int W, warp_tap *taps);
 void warp_apply(const float *src, int C, int H, int W, const warp_tap *taps, size_t npix,
                 float *dst);
 
+/* Without rotation (g->ssr false) the map is separable: one tap per
+ * output column and one per output row. */
+typedef struct axis_tap {
+    int32_t i0;           /* source column (row) */
+    int16_t step;         /* 0 or 1: whether i0+1 is inside the crop */
+    float frac;           /* weight of i0+1 */
+} axis_tap;
+
+void warp_axes(const view_geom *g, axis_tap *cols, axis_tap *rows);
+
+/* The same result as warp_apply up to rounding (rows are blended first),
+ * faster: buf holds g->crop.width floats. */
+void warp_apply_axes(const float *src, int C, int H, int W, const view_geom *g,
+                     const axis_tap *cols, const axis_tap *rows, float *buf, float *dst);
+
 /* Per-band brightness then contrast (DINO's ColorJitter for any band
  * count): x = x * b, then x = (x - mean) * c + mean with the band's mean,
  * then clamped below at 0.  b and c are arrays of C factors. */

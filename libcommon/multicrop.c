@@ -107,7 +107,10 @@ int mc_scratch_init(mc_scratch *s, const mc_config *cfg, int C, gd_err *err)
     s->tmp = malloc((npix + size + 2 * GAUSS_MAX_RADIUS) * sizeof *s->tmp);
     s->b = malloc((size_t)C * sizeof *s->b);
     s->c = malloc((size_t)C * sizeof *s->c);
-    if (!s->taps || !s->tmp || !s->b || !s->c) {
+    s->cols = malloc((size_t)size * sizeof *s->cols);
+    s->rows = malloc((size_t)size * sizeof *s->rows);
+    s->row = NULL, s->row_cap = 0;
+    if (!s->taps || !s->tmp || !s->b || !s->c || !s->cols || !s->rows) {
         mc_scratch_free(s);
         return gd_errf(err, "out of memory");
     }
@@ -120,6 +123,9 @@ void mc_scratch_free(mc_scratch *s)
     free(s->tmp);
     free(s->b);
     free(s->c);
+    free(s->cols);
+    free(s->rows);
+    free(s->row);
     memset(s, 0, sizeof *s);
 }
 
@@ -161,6 +167,30 @@ void mc_draw_view(const mc_config *cfg, int C, int H, int W, int v, rng *r, mc_v
     info->solarize = rng_bernoulli(r, cfg->solarize_p[kind]);
 }
 
+/* A row buffer as wide as the crop; false when it cannot grow. */
+static bool row_room(mc_scratch *s, size_t n)
+{
+    if (n <= s->row_cap)
+        return true;
+    float *p = realloc(s->row, n * sizeof *p);
+    if (!p)
+        return false;
+    s->row = p;
+    s->row_cap = n;
+    return true;
+}
+
+static void warp_view(const mc_source *src, const view_geom *g, mc_scratch *s, float *dst)
+{
+    if (!g->ssr && row_room(s, (size_t)g->crop.width)) {
+        warp_axes(g, s->cols, s->rows);
+        warp_apply_axes(src->data, src->C, src->H, src->W, g, s->cols, s->rows, s->row, dst);
+        return;
+    }
+    warp_taps(g, src->W, s->taps);
+    warp_apply(src->data, src->C, src->H, src->W, s->taps, (size_t)g->out_h * g->out_w, dst);
+}
+
 void mc_make_view(const mc_config *cfg, const mc_source *src, int v, rng *r, mc_scratch *s,
                   float *dst, mc_view_info *info)
 {
@@ -170,8 +200,7 @@ void mc_make_view(const mc_config *cfg, const mc_source *src, int v, rng *r, mc_
     mc_draw_view(cfg, src->C, src->H, src->W, v, r, info, s->b, s->c);
     int size = info->geom.out_w;
     size_t npix = (size_t)size * size;
-    warp_taps(&info->geom, src->W, s->taps);
-    warp_apply(src->data, src->C, src->H, src->W, s->taps, npix, dst);
+    warp_view(src, &info->geom, s, dst);
     /* DINO's order: colour jitter, grayscale, blur, solarization, normalize */
     if (info->jitter)
         jitter_apply(dst, src->C, npix, s->b, s->c);

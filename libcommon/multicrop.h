@@ -69,6 +69,9 @@ typedef struct mc_scratch {
     warp_tap *taps;
     float *tmp;
     float *b, *c;                 /* per-band jitter factors */
+    axis_tap *cols, *rows;        /* separable taps of views without rotation */
+    float *row;                   /* one blended source row; grows with the crops */
+    size_t row_cap;
 } mc_scratch;
 
 int mc_scratch_init(mc_scratch *s, const mc_config *cfg, int C, gd_err *err);

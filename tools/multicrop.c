@@ -388,13 +388,9 @@ static int load_sample(const run *R, const char *path, raster *ras, gd_err *err)
     return 0;
 }
 
-/* Writes n floats as the output dtype at element offset `at` of t. */
+/* Writes n floats as f16 or bf16 at element offset `at` of t. */
 static void store(tensor *t, size_t at, const float *x, size_t n)
 {
-    if (t->dtype == DT_F4) {
-        memcpy((float *)t->data + at, x, n * sizeof *x);
-        return;
-    }
     uint16_t *d = (uint16_t *)t->data + at;
     if (t->dtype == DT_F2)
         for (size_t k = 0; k < n; k++)
@@ -412,11 +408,15 @@ static int make_one(const run *R, worker *w, size_t file, uint64_t epoch, tensor
     if (load_sample(R, R->o->inputs[file], &ras, err) < 0)
         return -1;
     mc_source src = {ras.data, ras.bands, ras.height, ras.width, R->st->mean, R->st->std};
-    mc_make_sample(&R->o->cfg, &src, R->o->seed, epoch, file, &w->scratch, w->views,
-                   w->views + R->gview);
-    store(g, slot * R->gview, w->views, R->gview);
-    if (R->lview)
+    if (g->dtype == DT_F4) { /* straight into the batch */
+        mc_make_sample(&R->o->cfg, &src, R->o->seed, epoch, file, &w->scratch,
+                       (float *)g->data + slot * R->gview, (float *)l->data + slot * R->lview);
+    } else {
+        mc_make_sample(&R->o->cfg, &src, R->o->seed, epoch, file, &w->scratch, w->views,
+                       w->views + R->gview);
+        store(g, slot * R->gview, w->views, R->gview);
         store(l, slot * R->lview, w->views + R->gview, R->lview);
+    }
     raster_free(&ras);
     return 0;
 }
