@@ -94,8 +94,25 @@ static inline double snap(double v)
 
 static inline double clampd(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
 
-void view_geom_source(const view_geom *g, double ox, double oy, double *sx, double *sy)
+/* The map's constants, computed once per view rather than per pixel. */
+typedef struct geom_map {
+    const view_geom *g;
+    double fx, fy;                /* crop size / output size */
+    double xlo, xhi, ylo, yhi;    /* the crop, in pixel centres */
+} geom_map;
+
+static void geom_map_init(geom_map *m, const view_geom *g)
 {
+    m->g = g;
+    m->fx = (double)g->crop.width / g->out_w;
+    m->fy = (double)g->crop.height / g->out_h;
+    m->xlo = g->crop.left, m->xhi = g->crop.left + g->crop.width - 1;
+    m->ylo = g->crop.top, m->yhi = g->crop.top + g->crop.height - 1;
+}
+
+static inline void geom_map_apply(const geom_map *m, double ox, double oy, double *sx, double *sy)
+{
+    const view_geom *g = m->g;
     double x = ox, y = oy;
     if (g->ssr) {
         x = snap(g->inv[0] * ox + g->inv[1] * oy + g->inv[2]);
@@ -107,10 +124,15 @@ void view_geom_source(const view_geom *g, double ox, double oy, double *sx, doub
         x = g->out_w - 1 - x;
     /* resize of the crop with pixel centres aligned (align_corners=False),
      * clamped to the crop as crop-then-resize would be */
-    const crop_box *c = &g->crop;
-    double fx = (double)c->width / g->out_w, fy = (double)c->height / g->out_h;
-    *sx = clampd(c->left + (x + 0.5) * fx - 0.5, c->left, c->left + c->width - 1);
-    *sy = clampd(c->top + (y + 0.5) * fy - 0.5, c->top, c->top + c->height - 1);
+    *sx = clampd(m->xlo + (x + 0.5) * m->fx - 0.5, m->xlo, m->xhi);
+    *sy = clampd(m->ylo + (y + 0.5) * m->fy - 0.5, m->ylo, m->yhi);
+}
+
+void view_geom_source(const view_geom *g, double ox, double oy, double *sx, double *sy)
+{
+    geom_map m;
+    geom_map_init(&m, g);
+    geom_map_apply(&m, ox, oy, sx, sy);
 }
 
 /* The bilinear tap of one source position along one axis. */
@@ -124,6 +146,8 @@ static void axis_tap1(double s, int hi, int32_t *i0, int16_t *step, float *frac)
 
 void warp_taps(const view_geom *g, int W, warp_tap *taps)
 {
+    geom_map m;
+    geom_map_init(&m, g);
     int xmax = g->crop.left + g->crop.width - 1, ymax = g->crop.top + g->crop.height - 1;
     if (!g->ssr) {
         /* without rotation x depends on the column only and y on the row
@@ -131,7 +155,7 @@ void warp_taps(const view_geom *g, int W, warp_tap *taps)
         for (int ox = 0; ox < g->out_w; ox++) {
             double sx, sy;
             int32_t x0;
-            view_geom_source(g, ox, 0, &sx, &sy);
+            geom_map_apply(&m, ox, 0, &sx, &sy);
             axis_tap1(sx, xmax, &x0, &taps[ox].dx, &taps[ox].fx);
             taps[ox].off = x0; /* row 0 holds the column taps until the end */
         }
@@ -140,7 +164,7 @@ void warp_taps(const view_geom *g, int W, warp_tap *taps)
             int32_t y0;
             int16_t dy;
             float fy;
-            view_geom_source(g, 0, oy, &sx, &sy);
+            geom_map_apply(&m, 0, oy, &sx, &sy);
             axis_tap1(sy, ymax, &y0, &dy, &fy);
             warp_tap *row = taps + (size_t)oy * g->out_w;
             for (int ox = 0; ox < g->out_w; ox++) {
@@ -155,7 +179,7 @@ void warp_taps(const view_geom *g, int W, warp_tap *taps)
     for (int oy = 0; oy < g->out_h; oy++)
         for (int ox = 0; ox < g->out_w; ox++) {
             double sx, sy;
-            view_geom_source(g, ox, oy, &sx, &sy);
+            geom_map_apply(&m, ox, oy, &sx, &sy);
             warp_tap *t = &taps[(size_t)oy * g->out_w + ox];
             int32_t x0, y0;
             axis_tap1(sx, xmax, &x0, &t->dx, &t->fx);
@@ -167,31 +191,34 @@ void warp_taps(const view_geom *g, int W, warp_tap *taps)
 void warp_apply(const float *src, int C, int H, int W, const warp_tap *taps, size_t npix,
                 float *dst)
 {
-    for (int c = 0; c < C; c++) {
-        const float *s = src + (size_t)c * H * W;
-        float *d = dst + (size_t)c * npix;
-        for (size_t p = 0; p < npix; p++) {
-            const warp_tap *t = &taps[p];
-            const float *q = s + t->off;
-            const float *q1 = q + (size_t)t->dy * W;
-            float top = q[0] + t->fx * (q[t->dx] - q[0]);
-            float bot = q1[0] + t->fx * (q1[t->dx] - q1[0]);
-            d[p] = top + t->fy * (bot - top);
+    /* pixel by pixel, every band: each tap is loaded once */
+    size_t plane = (size_t)H * W;
+    for (size_t p = 0; p < npix; p++) {
+        const warp_tap *t = &taps[p];
+        const float *q = src + t->off;
+        size_t dx = (size_t)t->dx, dy = (size_t)t->dy * W;
+        float fx = t->fx, fy = t->fy;
+        for (int c = 0; c < C; c++, q += plane) {
+            float top = q[0] + fx * (q[dx] - q[0]);
+            float bot = q[dy] + fx * (q[dy + dx] - q[dy]);
+            dst[(size_t)c * npix + p] = top + fy * (bot - top);
         }
     }
 }
 
 void warp_axes(const view_geom *g, axis_tap *cols, axis_tap *rows)
 {
+    geom_map m;
+    geom_map_init(&m, g);
     int xmax = g->crop.left + g->crop.width - 1, ymax = g->crop.top + g->crop.height - 1;
     for (int ox = 0; ox < g->out_w; ox++) {
         double sx, sy;
-        view_geom_source(g, ox, 0, &sx, &sy);
+        geom_map_apply(&m, ox, 0, &sx, &sy);
         axis_tap1(sx, xmax, &cols[ox].i0, &cols[ox].step, &cols[ox].frac);
     }
     for (int oy = 0; oy < g->out_h; oy++) {
         double sx, sy;
-        view_geom_source(g, 0, oy, &sx, &sy);
+        geom_map_apply(&m, 0, oy, &sx, &sy);
         axis_tap1(sy, ymax, &rows[oy].i0, &rows[oy].step, &rows[oy].frac);
     }
 }
