@@ -841,6 +841,8 @@ void msg_reader_close(msg_reader *r)
  * never with what a length field claims. */
 static int reader_fill(msg_reader *r, size_t want, gd_err *err)
 {
+    if (r->mem)
+        return 0; /* all of it is there, and the caller's buffer is not ours to move */
     if (r->start > 0 && r->start == r->len) {
         r->start = r->len = 0;
     } else if (r->start > 0 && r->start >= r->cap / 2) {

@@ -154,20 +154,41 @@ static int read_layout(TIFF *tif, const char *name, layout *L, size_t max_sample
 
 /* ---- copying decoded blocks into the raster ----------------------------- */
 
-static double load_sample(const unsigned char *p, raster_type t)
-{
-    switch (t) {
-    case RT_U8: return *p;
-    case RT_I8: return *(const int8_t *)p;
-    case RT_U16: { uint16_t v; memcpy(&v, p, 2); return v; }
-    case RT_I16: { int16_t v; memcpy(&v, p, 2); return v; }
-    case RT_U32: { uint32_t v; memcpy(&v, p, 4); return v; }
-    case RT_I32: { int32_t v; memcpy(&v, p, 4); return v; }
-    case RT_F32: { float v; memcpy(&v, p, 4); return v; }
-    case RT_F64: { double v; memcpy(&v, p, 8); return v; }
-    default: return NAN;
+/* One row of a decoded block into the raster: `nsamp` interleaved samples
+ * per pixel, sample k going to plane k of dst (float) and of nat (the
+ * native samples, when kept).  One loop per sample type, so the
+ * conversion is not a switch per sample. */
+#define DEFINE_ROW(NAME, T)                                                            \
+    static void NAME(const unsigned char *row, int nsamp, uint32_t w, float *dst,      \
+                     unsigned char *nat, size_t plane)                                 \
+    {                                                                                  \
+        for (int k = 0; k < nsamp; k++) {                                              \
+            float *out = dst + (size_t)k * plane;                                      \
+            T *nout = nat ? (T *)(void *)nat + (size_t)k * plane : NULL;               \
+            for (uint32_t x = 0; x < w; x++) {                                         \
+                T v;                                                                   \
+                memcpy(&v, row + ((size_t)x * (size_t)nsamp + (size_t)k) * sizeof v,   \
+                       sizeof v);                                                      \
+                out[x] = (float)v;                                                     \
+                if (nout)                                                              \
+                    nout[x] = v;                                                       \
+            }                                                                          \
+        }                                                                              \
     }
-}
+DEFINE_ROW(row_u8, uint8_t)
+DEFINE_ROW(row_i8, int8_t)
+DEFINE_ROW(row_u16, uint16_t)
+DEFINE_ROW(row_i16, int16_t)
+DEFINE_ROW(row_u32, uint32_t)
+DEFINE_ROW(row_i32, int32_t)
+DEFINE_ROW(row_f32, float)
+DEFINE_ROW(row_f64, double)
+
+typedef void (*row_fn)(const unsigned char *, int, uint32_t, float *, unsigned char *, size_t);
+static const row_fn put_row[RT_COUNT] = {
+    [RT_U8] = row_u8,   [RT_I8] = row_i8,   [RT_U16] = row_u16, [RT_I16] = row_i16,
+    [RT_U32] = row_u32, [RT_I32] = row_i32, [RT_F32] = row_f32, [RT_F64] = row_f64,
+};
 
 typedef struct {
     const layout *L;
@@ -188,15 +209,9 @@ static void put_block(const sink *s, const unsigned char *blk, uint32_t x0, uint
     size_t plane = (size_t)L->width * L->height;
     for (uint32_t y = 0; y < h; y++) {
         const unsigned char *row = blk + (size_t)y * bw * (size_t)nsamp * sz;
-        for (int k = 0; k < nsamp; k++) {
-            size_t base = (size_t)(band0 + k) * plane + (size_t)(y0 + y) * L->width + x0;
-            for (uint32_t x = 0; x < w; x++) {
-                const unsigned char *p = row + ((size_t)x * (size_t)nsamp + (size_t)k) * sz;
-                s->data[base + x] = (float)load_sample(p, L->type);
-                if (s->native)
-                    memcpy(s->native + (base + x) * sz, p, sz);
-            }
-        }
+        size_t base = (size_t)band0 * plane + (size_t)(y0 + y) * L->width + x0;
+        put_row[L->type](row, nsamp, w, s->data + base, s->native ? s->native + base * sz : NULL,
+                         plane);
     }
 }
 
@@ -356,6 +371,15 @@ static int build_mask(raster *r, gd_err *err, const char *name)
         r->valid = NULL;
     }
     return 0;
+}
+
+int raster_set_nodata(raster *r, double nodata, gd_err *err)
+{
+    free(r->valid);
+    r->valid = NULL;
+    r->has_nodata = true;
+    r->nodata = nodata;
+    return build_mask(r, err, "nodata");
 }
 
 /* ---- one TIFF file ------------------------------------------------------- */
@@ -725,8 +749,6 @@ static int read_bandset(const char *sample, int is_dir, const raster_opts *opts,
             if (!r.data || !r.band_names || (any_mask && !r.valid) ||
                 (opts && opts->keep_native && same && !r.native))
                 rc = gd_errf(err, "%s: out of memory", sample);
-            else if (opts && opts->keep_native && !same)
-                rc = gd_errf(err, "%s: bands differ in size or type; no native samples", sample);
         }
         for (int k = 0; rc == 0 && k < nbands; k++) {
             raster *p = &parts[k];

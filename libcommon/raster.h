@@ -36,7 +36,8 @@ typedef struct raster {
     float *data;            /* [bands][height][width] */
     uint8_t *valid;         /* same layout, 1 = valid; NULL when every sample is valid */
     raster_type type;       /* the source's sample type */
-    void *native;           /* [bands][height][width] in `type`, only with keep_native */
+    void *native;           /* [bands][height][width] in `type`, only with keep_native,
+                               and NULL for a band set that was resampled */
     bool has_nodata;
     double nodata;
     char **band_names;      /* `bands` strings */
@@ -44,7 +45,7 @@ typedef struct raster {
 
 typedef struct raster_opts {
     const char *bands;      /* band spec ("4,3,2", "B04,B8A"); NULL: all bands */
-    bool keep_native;       /* also fill raster.native (not for resampled band sets) */
+    bool keep_native;       /* also fill raster.native where no band was resampled */
     size_t max_samples;     /* refuse larger rasters (bands*h*w); 0: RASTER_DEFAULT_MAX_SAMPLES */
 } raster_opts;
 
@@ -59,6 +60,10 @@ int raster_read_mem(const void *buf, size_t len, const char *name, const raster_
                     raster *out, gd_err *err);
 
 void raster_free(raster *r);
+
+/* Declares `nodata` the nodata value (replacing the file's) and rebuilds
+ * the validity mask from the float samples. */
+int raster_set_nodata(raster *r, double nodata, gd_err *err);
 
 /* Writes bands*height*width samples of `type` (RT_U8, RT_U16 or RT_F32),
  * planar, deflate-compressed, atomically (temporary name + rename). */

@@ -383,3 +383,30 @@ TEST(msg_replace_tensor_and_meta)
     value_free(&copy);
     msg_free(m);
 }
+
+/* Found by fuzz_msg: reading from memory must never move the caller's
+ * bytes (the reader once compacted its buffer in place). */
+TEST(msg_memory_reader_leaves_input_untouched)
+{
+    msg *m = sample_message();
+    size_t len;
+    unsigned char *buf = encode(m, 3, &len);
+    CHECK(buf);
+    unsigned char *copy = malloc(len);
+    memcpy(copy, buf, len);
+    gd_err err;
+    msg_reader *r = msg_reader_from_mem(buf, len, "mem", &err);
+    msg *got;
+    int n = 0;
+    while (msg_reader_next(r, &got, &err) == 1) {
+        CHECK(same_message(m, got));
+        msg_free(got);
+        n++;
+    }
+    msg_reader_close(r);
+    CHECK(n == 3);
+    CHECK(memcmp(buf, copy, len) == 0);
+    free(copy);
+    free(buf);
+    msg_free(m);
+}
