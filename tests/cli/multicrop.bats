@@ -77,6 +77,22 @@ copies() {
     done
 }
 
+@test "multicrop: with tif-stats' message (--scale 255) the views normalize to ~0/~1" {
+    "$BIN/tif-stats" --scale 255 -o "$TMP/stats.mpt" "$DATA/L7_ETMs.tif" >/dev/null
+    run "$BIN/multicrop" --stats "$TMP/stats.mpt" "${NOAUG[@]}" --global-crops-scale 1 1 \
+        --global-size 352 --global-crops-number 1 --local-crops-number 0 --batch-size 1 \
+        -o "$TMP/out.mpt" "$DATA/L7_ETMs.tif"
+    assert_success
+    run "$PY" "$MCT" normcheck "$TMP/out.mpt"
+    assert_success
+    [ "${#lines[@]}" -eq 6 ]
+    for l in "${lines[@]}"; do
+        read -r m s <<<"$l"
+        awk -v m="$m" -v s="$s" 'BEGIN { exit !(m > -0.02 && m < 0.02 && s > 0.97 && s < 1.01) }' \
+            || fail "band mean/std $l"
+    done
+}
+
 @test "multicrop: the stats' scale is honoured: /255 stats give the same views" {
     stats_l7
     mv "$TMP/stats.mpt" "$TMP/s1.mpt"
