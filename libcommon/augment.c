@@ -110,7 +110,8 @@ static void geom_map_init(geom_map *m, const view_geom *g)
     m->ylo = g->crop.top, m->yhi = g->crop.top + g->crop.height - 1;
 }
 
-static inline void geom_map_apply(const geom_map *m, double ox, double oy, double *sx, double *sy)
+static inline void geom_map_apply(const geom_map *m, double ox, double oy, bool clamp, double *sx,
+                                  double *sy)
 {
     const view_geom *g = m->g;
     double x = ox, y = oy;
@@ -124,15 +125,19 @@ static inline void geom_map_apply(const geom_map *m, double ox, double oy, doubl
         x = g->out_w - 1 - x;
     /* resize of the crop with pixel centres aligned (align_corners=False),
      * clamped to the crop as crop-then-resize would be */
-    *sx = clampd(m->xlo + (x + 0.5) * m->fx - 0.5, m->xlo, m->xhi);
-    *sy = clampd(m->ylo + (y + 0.5) * m->fy - 0.5, m->ylo, m->yhi);
+    *sx = m->xlo + (x + 0.5) * m->fx - 0.5;
+    *sy = m->ylo + (y + 0.5) * m->fy - 0.5;
+    if (clamp) {
+        *sx = clampd(*sx, m->xlo, m->xhi);
+        *sy = clampd(*sy, m->ylo, m->yhi);
+    }
 }
 
 void view_geom_source(const view_geom *g, double ox, double oy, double *sx, double *sy)
 {
     geom_map m;
     geom_map_init(&m, g);
-    geom_map_apply(&m, ox, oy, sx, sy);
+    geom_map_apply(&m, ox, oy, true, sx, sy);
 }
 
 /* The bilinear tap of one source position along one axis. */
@@ -155,7 +160,7 @@ void warp_taps(const view_geom *g, int W, warp_tap *taps)
         for (int ox = 0; ox < g->out_w; ox++) {
             double sx, sy;
             int32_t x0;
-            geom_map_apply(&m, ox, 0, &sx, &sy);
+            geom_map_apply(&m, ox, 0, true, &sx, &sy);
             axis_tap1(sx, xmax, &x0, &taps[ox].dx, &taps[ox].fx);
             taps[ox].off = x0; /* row 0 holds the column taps until the end */
         }
@@ -164,7 +169,7 @@ void warp_taps(const view_geom *g, int W, warp_tap *taps)
             int32_t y0;
             int16_t dy;
             float fy;
-            geom_map_apply(&m, 0, oy, &sx, &sy);
+            geom_map_apply(&m, 0, oy, true, &sx, &sy);
             axis_tap1(sy, ymax, &y0, &dy, &fy);
             warp_tap *row = taps + (size_t)oy * g->out_w;
             for (int ox = 0; ox < g->out_w; ox++) {
@@ -179,7 +184,7 @@ void warp_taps(const view_geom *g, int W, warp_tap *taps)
     for (int oy = 0; oy < g->out_h; oy++)
         for (int ox = 0; ox < g->out_w; ox++) {
             double sx, sy;
-            geom_map_apply(&m, ox, oy, &sx, &sy);
+            geom_map_apply(&m, ox, oy, true, &sx, &sy);
             warp_tap *t = &taps[(size_t)oy * g->out_w + ox];
             int32_t x0, y0;
             axis_tap1(sx, xmax, &x0, &t->dx, &t->fx);
@@ -213,12 +218,12 @@ void warp_axes(const view_geom *g, axis_tap *cols, axis_tap *rows)
     int xmax = g->crop.left + g->crop.width - 1, ymax = g->crop.top + g->crop.height - 1;
     for (int ox = 0; ox < g->out_w; ox++) {
         double sx, sy;
-        geom_map_apply(&m, ox, 0, &sx, &sy);
+        geom_map_apply(&m, ox, 0, true, &sx, &sy);
         axis_tap1(sx, xmax, &cols[ox].i0, &cols[ox].step, &cols[ox].frac);
     }
     for (int oy = 0; oy < g->out_h; oy++) {
         double sx, sy;
-        geom_map_apply(&m, 0, oy, &sx, &sy);
+        geom_map_apply(&m, 0, oy, true, &sx, &sy);
         axis_tap1(sy, ymax, &rows[oy].i0, &rows[oy].step, &rows[oy].frac);
     }
 }
@@ -245,6 +250,60 @@ void warp_apply_axes(const float *src, int C, int H, int W, const view_geom *g,
             }
         }
     }
+}
+
+/* Keys' cubic convolution weights for the taps at -1, 0, 1, 2 from a
+ * position t in [0, 1) past tap 0 (a = -0.75, as PyTorch). */
+static void cubic_weights(double t, float w[4])
+{
+    const double a = -0.75;
+    double x1 = t + 1, x2 = t, x3 = 1 - t, x4 = 2 - t;
+    w[0] = (float)(((a * x1 - 5 * a) * x1 + 8 * a) * x1 - 4 * a);
+    w[1] = (float)(((a + 2) * x2 - (a + 3)) * x2 * x2 + 1);
+    w[2] = (float)(((a + 2) * x3 - (a + 3)) * x3 * x3 + 1);
+    w[3] = (float)(((a * x4 - 5 * a) * x4 + 8 * a) * x4 - 4 * a);
+}
+
+/* The four tap indices (clamped to [lo, hi]) and weights of position s. */
+static void cubic_axis(double s, int lo, int hi, int idx[4], float w[4])
+{
+    double f = floor(s);
+    int i = (int)f;
+    cubic_weights(s - f, w);
+    for (int k = 0; k < 4; k++) {
+        int j = i - 1 + k;
+        idx[k] = j < lo ? lo : j > hi ? hi : j;
+    }
+}
+
+void warp_apply_bicubic(const float *src, int C, int H, int W, const view_geom *g, float *dst)
+{
+    geom_map m;
+    geom_map_init(&m, g);
+    size_t plane = (size_t)H * W, npix = (size_t)g->out_h * g->out_w;
+    int xlo = g->crop.left, xhi = xlo + g->crop.width - 1;
+    int ylo = g->crop.top, yhi = ylo + g->crop.height - 1;
+    for (int oy = 0; oy < g->out_h; oy++)
+        for (int ox = 0; ox < g->out_w; ox++) {
+            /* unclamped, as PyTorch's bicubic; the taps are clamped instead */
+            double sx, sy;
+            geom_map_apply(&m, ox, oy, false, &sx, &sy);
+            int xi[4], yi[4];
+            float wx[4], wy[4];
+            cubic_axis(sx, xlo, xhi, xi, wx);
+            cubic_axis(sy, ylo, yhi, yi, wy);
+            size_t p = (size_t)oy * g->out_w + ox;
+            for (int c = 0; c < C; c++) {
+                const float *b = src + c * plane;
+                float acc = 0;
+                for (int r = 0; r < 4; r++) {
+                    const float *row = b + (size_t)yi[r] * W;
+                    acc += wy[r] * (wx[0] * row[xi[0]] + wx[1] * row[xi[1]] +
+                                    wx[2] * row[xi[2]] + wx[3] * row[xi[3]]);
+                }
+                dst[c * npix + p] = acc;
+            }
+        }
 }
 
 /* ---- photometric ------------------------------------------------------- */

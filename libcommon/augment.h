@@ -80,6 +80,11 @@ void warp_axes(const view_geom *g, axis_tap *cols, axis_tap *rows);
 void warp_apply_axes(const float *src, int C, int H, int W, const view_geom *g,
                      const axis_tap *cols, const axis_tap *rows, float *buf, float *dst);
 
+/* Bicubic instead of bilinear (Keys, a = -0.75, as PyTorch's bicubic
+ * interpolate: the source position is not clamped, the 4x4 taps are
+ * clamped to the crop).  Slower: 16 taps per output value. */
+void warp_apply_bicubic(const float *src, int C, int H, int W, const view_geom *g, float *dst);
+
 /* Per-band brightness then contrast (DINO's ColorJitter for any band
  * count): x = x * b, then x = (x - mean) * c + mean with the band's mean,
  * then clamped below at 0.  b and c are arrays of C factors. */

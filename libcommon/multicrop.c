@@ -180,8 +180,13 @@ static bool row_room(mc_scratch *s, size_t n)
     return true;
 }
 
-static void warp_view(const mc_source *src, const view_geom *g, mc_scratch *s, float *dst)
+static void warp_view(const mc_config *cfg, const mc_source *src, const view_geom *g,
+                      mc_scratch *s, float *dst)
 {
+    if (cfg->bicubic) {
+        warp_apply_bicubic(src->data, src->C, src->H, src->W, g, dst);
+        return;
+    }
     if (!g->ssr && row_room(s, (size_t)g->crop.width)) {
         warp_axes(g, s->cols, s->rows);
         warp_apply_axes(src->data, src->C, src->H, src->W, g, s->cols, s->rows, s->row, dst);
@@ -200,7 +205,7 @@ void mc_make_view(const mc_config *cfg, const mc_source *src, int v, rng *r, mc_
     mc_draw_view(cfg, src->C, src->H, src->W, v, r, info, s->b, s->c);
     int size = info->geom.out_w;
     size_t npix = (size_t)size * size;
-    warp_view(src, &info->geom, s, dst);
+    warp_view(cfg, src, &info->geom, s, dst);
     /* DINO's order: colour jitter, grayscale, blur, solarization, normalize */
     if (info->jitter)
         jitter_apply(dst, src->C, npix, s->b, s->c);

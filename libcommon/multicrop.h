@@ -32,6 +32,7 @@ typedef struct mc_config {
     double blur_sigma[2];
     double solarize_p[MC_KINDS];
     double solarize_threshold;    /* in scaled reflectance */
+    bool bicubic;                 /* resampling: bicubic instead of bilinear */
 } mc_config;
 
 /* Fills cfg with a named recipe: "dino" (DINO's ImageNet defaults) or "s2"

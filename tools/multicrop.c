@@ -61,6 +61,7 @@ static const char usage_text[] =
     "  --blur-sigma A B          blur sigma range (0.1 2)\n"
     "  --solarize-prob G1 G2 L   solarization (0 0.2 0)\n"
     "  --solarize-threshold T    in scaled reflectance (0.5)\n"
+    "  --interp bilinear|bicubic resampling of the crops (bilinear)\n"
     "\n"
     "  -h, --help                this text\n"
     "  --version                 version\n";
@@ -84,7 +85,7 @@ enum {
     O_WORLD, O_SEED, O_THREADS, O_SKIP, O_PREVIEW, O_PREVIEW_N, O_RGB, O_QUIET, O_PROGRESS,
     O_RECIPE, O_GN, O_GSIZE, O_GSCALE, O_LN, O_LSIZE, O_LSCALE, O_RATIO, O_FLIP, O_SSR,
     O_SSR_SHIFT, O_SSR_SCALE, O_SSR_ROTATE, O_JITTER, O_BRIGHT, O_CONTRAST, O_COLLAPSE, O_BLUR,
-    O_SIGMA, O_SOLAR, O_SOLAR_T, O_HELP, O_VERSION
+    O_SIGMA, O_SOLAR, O_SOLAR_T, O_INTERP, O_HELP, O_VERSION
 };
 
 typedef struct optdef {
@@ -107,8 +108,8 @@ static const optdef optdefs[] = {
     {"ssr-rotate", O_SSR_ROTATE, 1}, {"jitter-prob", O_JITTER, 1},
     {"brightness", O_BRIGHT, 1}, {"contrast", O_CONTRAST, 1},
     {"collapse-prob", O_COLLAPSE, 3}, {"blur-prob", O_BLUR, 3}, {"blur-sigma", O_SIGMA, 2},
-    {"solarize-prob", O_SOLAR, 3}, {"solarize-threshold", O_SOLAR_T, 1}, {"help", O_HELP, 0},
-    {"version", O_VERSION, 0},
+    {"solarize-prob", O_SOLAR, 3}, {"solarize-threshold", O_SOLAR_T, 1},
+    {"interp", O_INTERP, 1}, {"help", O_HELP, 0}, {"version", O_VERSION, 0},
 };
 
 static const optdef *find_opt(const char *name, size_t len)
@@ -187,6 +188,11 @@ static void apply_view_opt(opts *o, int id, const char *on, const char **v)
     case O_SIGMA: set_pair(on, v, c->blur_sigma, 0.01, 5); break;
     case O_SOLAR: set_probs(on, v, c->solarize_p); break;
     case O_SOLAR_T: c->solarize_threshold = cli_double(on, v[0], -1e9, 1e9); break;
+    case O_INTERP:
+        if (strcmp(v[0], "bilinear") != 0 && strcmp(v[0], "bicubic") != 0)
+            cli_usage("--interp: '%s' is not bilinear or bicubic", v[0]);
+        c->bicubic = strcmp(v[0], "bicubic") == 0;
+        break;
     }
 }
 

@@ -59,6 +59,11 @@ copies() {
     assert_success
     run "$PY" "$MCT" check "$TMP/d.mpt" 2 8 6 224 32
     assert_success
+    run "$BIN/multicrop" --stats "$TMP/stats.mpt" "${SMALL[@]}" --interp bicubic -o "$TMP/c.mpt" \
+        "$DATA/L7_ETMs.tif"
+    assert_success
+    run "$PY" "$MCT" check "$TMP/c.mpt" 2 3 6 48 24
+    assert_output "1"
 }
 
 @test "multicrop: normalized views have mean ~0 and std ~1 per band over the scene" {
@@ -294,7 +299,8 @@ open('$TMP/nostd.mpt', 'wb').write(msgpack.packb({'v': 1, 'kind': 'stats', 'meta
     f="$DATA/L7_ETMs.tif"
     for args in "--dtype f64" "--global-crops-scale 0.9 0.1" "--global-crops-scale 0.5" \
                 "--batch-size 0" "--threads x" "--recipe imagenet" "--no-such-option" \
-                "--blur-prob 1,2,0" "--collapse-prob 0.1,0.2" "--epochs -1" "--global-size 0"; do
+                "--blur-prob 1,2,0" "--collapse-prob 0.1,0.2" "--epochs -1" "--global-size 0" \
+                "--interp nearest" "--seed" "--skip-bad=yes"; do
         run "$BIN/multicrop" --stats "$TMP/stats.mpt" $args "$f"
         [ "$status" -eq 2 ] || fail "$args: status $status"
         [[ "${lines[0]}" == multicrop:* ]] || fail "$args: ${lines[0]}"

@@ -545,3 +545,61 @@ TEST(warp_separable_matches_general)
     }
     free(src), free(buf);
 }
+
+/* Bicubic: Keys' kernel with a = -0.75 worked by hand.  Upsampling 8 -> 16
+ * columns puts output column 3 at x = 1.25 (t = 0.25: weights -0.10546875,
+ * 0.87890625, 0.26171875, -0.03515625) and column 0 at x = -0.25 (taps
+ * -2..1 clamped to 0, 0, 0, 1).  For f(x) = x that gives 1.296875 and
+ * -0.10546875.  At its own size a crop is copied exactly. */
+TEST(bicubic_known_values)
+{
+    const int H = 4, W = 8;
+    float src[4 * 8];
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            src[y * W + x] = (float)x;
+    view_geom g = full_geom(H, 16);
+    g.crop = (crop_box){0, 0, H, W};
+    float dst[4 * 16];
+    warp_apply_bicubic(src, 1, H, W, &g, dst);
+    for (int y = 0; y < H; y++) {
+        CHECK_NEAR(dst[y * 16 + 3], 1.296875, 1e-6);
+        CHECK_NEAR(dst[y * 16 + 0], -0.10546875, 1e-6);
+        CHECK_NEAR(dst[y * 16 + 15], 7.10546875, 1e-6); /* the mirror image at the right */
+    }
+    float *p = pattern(2, 9, 11), *id = malloc(2 * 9 * 11 * sizeof *id);
+    view_geom f = full_geom(9, 11);
+    f.flip = true;
+    warp_apply_bicubic(p, 2, 9, 11, &f, id);
+    int bad = 0;
+    for (int c = 0; c < 2; c++)
+        for (int y = 0; y < 9; y++)
+            for (int x = 0; x < 11; x++)
+                bad += AT(id, c, y, x, 9, 11) != AT(p, c, y, 10 - x, 9, 11);
+    free(p), free(id);
+    CHECK(bad == 0);
+}
+
+/* The weights sum to one: a constant stays constant through any crop,
+ * rotation and scale. */
+TEST(bicubic_preserves_constants)
+{
+    const int H = 30, W = 40;
+    float *src = malloc(H * W * sizeof *src), *dst = malloc(64 * 64 * sizeof *dst);
+    for (int i = 0; i < H * W; i++)
+        src[i] = 0.37f;
+    rng r;
+    rng_init(&r, 13, 0, 0, 0);
+    const double scale[2] = {0.05, 1}, ratio[2] = {0.75, 4.0 / 3};
+    for (int k = 0; k < 20; k++) {
+        view_geom g;
+        memset(&g, 0, sizeof g);
+        rrc_sample(&r, H, W, scale, ratio, &g.crop);
+        g.out_h = g.out_w = 64;
+        view_geom_set_ssr(&g, rng_range(&r, -45, 45), rng_range(&r, 0.9, 1.1), 0.05, -0.05);
+        warp_apply_bicubic(src, 1, H, W, &g, dst);
+        for (int i = 0; i < 64 * 64; i++)
+            CHECK_NEAR(dst[i], 0.37, 1e-6);
+    }
+    free(src), free(dst);
+}
