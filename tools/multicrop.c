@@ -210,7 +210,7 @@ static void apply_opt(opts *o, int id, const char *on, const char **v)
         else if (strcmp(v[0], "bf16") == 0) o->dt = DT_BF16;
         else cli_usage("--dtype: '%s' is not f32, f16 or bf16", v[0]);
         break;
-    case O_BATCH: o->batch = cli_long(on, v[0], 1, 1 << 20); break;
+    case O_BATCH: o->batch = cli_long(on, v[0], 1, 65536); break;
     case O_DROP: o->drop_last = true; break;
     case O_EPOCHS: o->epochs = cli_long(on, v[0], 0, 1L << 40); break;
     case O_RANK: o->rank = cli_long(on, v[0], 0, 1 << 20); break;
@@ -337,12 +337,13 @@ static int load_stats(const char *path, double scale, stats *st, gd_err *err)
     }
     const double *mv = mean->data, *sv = sd->data;
     for (int c = 0; c < st->C; c++) {
-        if (!isfinite(mv[c]) || !(sv[c] > 0) || !isfinite(sv[c])) {
+        /* checked in float, the type they are used in */
+        st->mean[c] = (float)(mv[c] * s_stats / st->scale);
+        st->std[c] = (float)(sv[c] * s_stats / st->scale);
+        if (!isfinite(st->mean[c]) || !(st->std[c] > 0) || !isfinite(st->std[c])) {
             gd_errf(err, "band %d: mean %g, std %g: cannot normalize", c + 1, mv[c], sv[c]);
             goto done;
         }
-        st->mean[c] = (float)(mv[c] * s_stats / st->scale);
-        st->std[c] = (float)(sv[c] * s_stats / st->scale);
     }
     const value *names = value_get(&m->meta, "bands");
     if (names && names->type == V_ARRAY && value_copy(&st->bands, names) < 0) {

@@ -268,6 +268,14 @@ open('$TMP/nostd.mpt', 'wb').write(msgpack.packb({'v': 1, 'kind': 'stats', 'meta
     run "$BIN/multicrop" --stats "$TMP/zero.mpt" "$DATA/L7_ETMs.tif"
     assert_failure 1
     assert_output --partial "zero.mpt: band 2"
+    "$PY" -c "
+import msgpack, numpy as np
+t = lambda a: {'dtype': '<f8', 'shape': [len(a)], 'data': np.array(a, '<f8').tobytes()}
+open('$TMP/tiny.mpt', 'wb').write(msgpack.packb({'v': 1, 'kind': 'stats', 'meta': {},
+    'tensors': {'mean': t([1] * 6), 'std': t([1, 1, 1e-60, 1, 1, 1])}}, use_bin_type=True))"
+    run "$BIN/multicrop" --stats "$TMP/tiny.mpt" "$DATA/L7_ETMs.tif"
+    assert_failure 1
+    assert_output --partial "tiny.mpt: band 3"
     run "$BIN/multicrop" --stats "$TMP/nostd.mpt" "$DATA/L7_ETMs.tif"
     assert_failure 1
     assert_output --partial '"std"'
