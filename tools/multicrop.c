@@ -2,12 +2,14 @@
  * `batch` messages.  Argument parsing, I/O and orchestration only; the
  * augmentation is libcommon/multicrop.c. */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -465,7 +467,8 @@ typedef struct stream {
     gd_err *errs;
     bool *bad;                    /* files found unreadable (with --skip-bad) */
     size_t nbad;
-    msg_file *out;                /* -o FILE; NULL: standard output */
+    msg_file *out;                /* -o FILE (a regular file), written atomically */
+    int fd;                       /* otherwise: stdout, or a device or pipe named by -o */
     bool previewed, progress;
     uint64_t samples;
     struct timespec t0;
@@ -578,11 +581,11 @@ static int write_batch(stream *S)
         return 1;
     }
     errno = 0;
-    if (msg_write_fd(STDOUT_FILENO, S->m, &err) == 0)
+    if (msg_write_fd(S->fd, S->m, &err) == 0)
         return 1;
     if (errno == EPIPE || strstr(err.msg, strerror(EPIPE)))
         return 0;
-    cli_fail("standard output: %s", err.msg);
+    cli_fail("%s: %s", S->fd == STDOUT_FILENO ? "standard output" : S->R->o->output, err.msg);
 }
 
 /* ---- preview ------------------------------------------------------------ */
@@ -749,6 +752,28 @@ static int run_epoch(stream *S, uint64_t epoch, size_t *perm, size_t *share, con
     return 1;
 }
 
+/* Regular files are replaced atomically; an existing device or pipe
+ * (/dev/null, a FIFO) is written in place: renaming a temporary file over
+ * /dev/null would replace the device itself. */
+static void open_output(stream *S, const char *path)
+{
+    gd_err err;
+    struct stat sb;
+    S->fd = STDOUT_FILENO;
+    if (!path || strcmp(path, "-") == 0)
+        return;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        if (S_ISDIR(sb.st_mode))
+            cli_fail("%s: is a directory", path);
+        S->fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (S->fd < 0)
+            cli_fail("%s: %s", path, strerror(errno));
+        return;
+    }
+    if (!(S->out = msg_file_create(path, &err)))
+        cli_fail("%s", err.msg);
+}
+
 static void open_stream(stream *S, run *R)
 {
     const opts *o = R->o;
@@ -772,9 +797,7 @@ static void open_stream(stream *S, run *R)
     if (!S->cand || !S->files || !S->ok || !S->errs || !S->bad)
         cli_fail("out of memory");
     init_meta(S);
-    gd_err err;
-    if (o->output && strcmp(o->output, "-") != 0 && !(S->out = msg_file_create(o->output, &err)))
-        cli_fail("%s", err.msg);
+    open_output(S, o->output);
     S->progress = cli_progress_enabled(o->quiet, o->progress);
     clock_gettime(CLOCK_MONOTONIC, &S->t0);
 }
@@ -784,6 +807,8 @@ static void close_stream(stream *S)
     gd_err err;
     if (S->out && msg_file_commit(S->out, &err) < 0)
         cli_fail("%s", err.msg);
+    if (S->fd != STDOUT_FILENO && close(S->fd) < 0)
+        cli_fail("%s: %s", S->R->o->output, strerror(errno));
     if (S->progress)
         fputc('\n', stderr);
     msg_free(S->m);

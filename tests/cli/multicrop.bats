@@ -320,3 +320,19 @@ open('$TMP/tiny.mpt', 'wb').write(msgpack.packb({'v': 1, 'kind': 'stats', 'meta'
     assert_failure 2
     assert_output --partial "no input samples"
 }
+
+@test "multicrop: -o naming a FIFO writes into it and leaves it a FIFO" {
+    # (renaming a temporary file over it would replace the FIFO, or /dev/null)
+    stats_l7 255
+    mkfifo "$TMP/fifo"
+    cat "$TMP/fifo" >"$TMP/got" &
+    run "$BIN/multicrop" --stats "$TMP/stats.mpt" "${SMALL[@]}" -o "$TMP/fifo" "$DATA/L7_ETMs.tif"
+    wait
+    assert_success
+    [ -p "$TMP/fifo" ]
+    run "$PY" "$MCT" check "$TMP/got" 2 3 6 48 24
+    assert_output "1"
+    run "$BIN/multicrop" --stats "$TMP/stats.mpt" -o "$TMP" "$DATA/L7_ETMs.tif"
+    assert_failure 1
+    assert_output --partial "is a directory"
+}
