@@ -288,6 +288,10 @@ static void parse_args(opts *o, int argc, char **argv)
     }
     if (!o->stats)
         cli_usage("--stats is required");
+    struct stat sb;
+    /* the PNG is written atomically (rename): never over a device or pipe */
+    if (o->preview && stat(o->preview, &sb) == 0 && !S_ISREG(sb.st_mode))
+        cli_usage("--preview %s: not a regular file", o->preview);
     if (o->rank >= o->world)
         cli_usage("--rank %ld: must be below --world %ld", o->rank, o->world);
     gd_err err;

@@ -335,4 +335,9 @@ open('$TMP/tiny.mpt', 'wb').write(msgpack.packb({'v': 1, 'kind': 'stats', 'meta'
     run "$BIN/multicrop" --stats "$TMP/stats.mpt" -o "$TMP" "$DATA/L7_ETMs.tif"
     assert_failure 1
     assert_output --partial "is a directory"
+    run "$BIN/multicrop" --stats "$TMP/stats.mpt" --preview "$TMP/fifo" -o "$TMP/x.mpt" \
+        "$DATA/L7_ETMs.tif"
+    assert_failure 2
+    assert_output --partial "not a regular file"
+    [ -p "$TMP/fifo" ]
 }
