@@ -341,3 +341,17 @@ open('$TMP/tiny.mpt', 'wb').write(msgpack.packb({'v': 1, 'kind': 'stats', 'meta'
     assert_output --partial "not a regular file"
     [ -p "$TMP/fifo" ]
 }
+
+@test "multicrop: band sets (a directory, a comma-separated list) are samples" {
+    mkdir "$TMP/p1"
+    for b in 1 2 3; do
+        gdal_translate -q -b $b "$DATA/L7_ETMs.tif" "$TMP/p1/p1_B0$b.tif"
+    done
+    gdal_translate -q -of ENVI -b 1 -b 2 -b 3 "$DATA/L7_ETMs.tif" "$TMP/rgb.raw"
+    "$PY" "$MCT" stats "$TMP/rgb.raw" "$TMP/stats3.mpt" 255
+    run "$BIN/multicrop" --stats "$TMP/stats3.mpt" "${SMALL[@]}" -o "$TMP/o.mpt" "$TMP/p1" \
+        "$TMP/p1/p1_B01.tif,$TMP/p1/p1_B02.tif,$TMP/p1/p1_B03.tif"
+    assert_success
+    run "$PY" "$MCT" check "$TMP/o.mpt" 2 3 3 48 24
+    assert_output "2"
+}
