@@ -5,9 +5,8 @@
 #
 #   bench/multicrop.sh [SAMPLES]      (default 192 samples per run, REPS=3 runs)
 #
-# Needs a Python with albumentations and tifffile: VENV (default
-# /work/venv-bench), made with
-#   python3 -m venv /work/venv-bench && /work/venv-bench/bin/pip install albumentations tifffile
+# Needs a Python with albumentations and tifffile: VENV (default bench/.venv,
+# git-ignored), made here from PyPI when it is missing.
 # Data: 120x120 tiles with 12 bands of uint16 (reflectance x 10000, band
 # interleaved, deflate), cut from the bundled Landsat scene (its 6 bands
 # twice), the shape of the Sentinel-2 tiles the s2 recipe is for.
@@ -18,10 +17,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-192}
 REPS=${REPS:-3}
-VENV=${VENV:-/work/venv-bench}
+VENV=${VENV:-bench/.venv}
 PYB=$VENV/bin/python
 PY=/usr/bin/python3
-[ -x "$PYB" ] || { echo "bench/multicrop.sh: no $PYB (see the header)" >&2; exit 1; }
+if [ ! -x "$PYB" ] || ! "$PYB" -c "import albumentations, tifffile" 2>/dev/null; then
+    echo "bench/multicrop.sh: installing albumentations and tifffile into $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q albumentations tifffile
+fi
 make -s bin/multicrop >/dev/null
 
 W=$(mktemp -d)
