@@ -61,7 +61,9 @@ msg *msg_new(const char *kind);
 void msg_free(msg *m);
 
 /* Adds a zero-filled tensor (replacing one of the same name); NULL when
- * out of memory or the shape is invalid. */
+ * out of memory or the shape is invalid.  The tensors live in one array
+ * that grows: a pointer from an earlier call may move, so look tensors up
+ * again (msg_get_tensor) after adding more. */
 tensor *msg_add_tensor(msg *m, const char *name, dtype t, int ndim, const int64_t *shape);
 /* Same, filled with a copy of data (nbytes = count * itemsize). */
 tensor *msg_add_tensor_copy(msg *m, const char *name, dtype t, int ndim, const int64_t *shape,
