@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "halfprec.h"
+
 #include "rng.h"
 
 /* A crop box in source pixels, as torchvision's get_params returns it:
@@ -109,11 +111,5 @@ void solarize_apply(float *img, size_t n, float t);
 /* x = (x - mean[c]) / std[c] per band. */
 void normalize_apply(float *img, int C, size_t npix, const float *mean, const float *std);
 
-/* IEEE half and bfloat16, round to nearest even; NaN stays NaN, overflow
- * gives infinity. */
-uint16_t f32_to_f16(float x);
-float f16_to_f32(uint16_t h);
-uint16_t f32_to_bf16(float x);
-float bf16_to_f32(uint16_t h);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "halfprec.h"
 #include "json.h"
 #include "knn.h"
 #include "msg.h"
@@ -94,27 +95,8 @@ static float *to_f32(const tensor *t, const char *path)
     float *out = malloc(t->count ? t->count * sizeof *out : 1);
     if (!out)
         cli_fail("%s: out of memory for %zu features", path, t->count);
-    for (size_t i = 0; i < t->count; i++) {
-        switch (t->dtype) {
-        case DT_F4: out[i] = ((const float *)t->data)[i]; break;
-        case DT_F8: out[i] = (float)((const double *)t->data)[i]; break;
-        case DT_BF16: {
-            uint32_t bits = (uint32_t)((const uint16_t *)t->data)[i] << 16;
-            memcpy(&out[i], &bits, 4);
-            break;
-        }
-        case DT_F2: {
-            uint16_t h = ((const uint16_t *)t->data)[i];
-            int e = (h >> 10) & 31, m = h & 1023;
-            double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(m + 1024, e - 25);
-            out[i] = (float)((h >> 15) ? -v : v);
-            break;
-        }
-        default:
-            cli_fail("%s: tensor \"features\": dtype %s is not a float type", path,
-                     dtype_name(t->dtype));
-        }
-    }
+    if (tensor_to_f32(t, out) < 0)
+        cli_fail("%s: tensor \"features\": dtype %s is not a float type", path, dtype_name(t->dtype));
     return out;
 }
 

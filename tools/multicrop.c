@@ -602,13 +602,6 @@ typedef struct sheet {
     uint8_t *rgb;
 } sheet;
 
-static float tensor_get(const tensor *t, size_t i)
-{
-    if (t->dtype == DT_F4)
-        return ((const float *)t->data)[i];
-    uint16_t h = ((const uint16_t *)t->data)[i];
-    return t->dtype == DT_F2 ? f16_to_f32(h) : bf16_to_f32(h);
-}
 
 /* The band `band` of view v of sample s, as floats into out; returns its size. */
 static int view_band(const stream *S, int s, int v, int band, float *out)
@@ -621,7 +614,7 @@ static int view_band(const stream *S, int s, int v, int band, float *out)
     int vi = v < c->n_global ? v : v - c->n_global;
     size_t base = (size_t)s * per + ((size_t)vi * C + band) * npix;
     for (size_t p = 0; p < npix; p++)
-        out[p] = tensor_get(t, base + p);
+        out[p] = tensor_f32_at(t, base + p);
     return size;
 }
 
