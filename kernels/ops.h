@@ -48,6 +48,10 @@ struct gd_backend {
     int (*sync)(gd_backend *be, gd_err *err); /* waits for queued work, reports its errors */
     void (*fill)(gd_backend *be, float *x, float v, size_t n);
     void (*copy)(gd_backend *be, float *dst, const float *src, size_t n);
+    /* rows of n floats from src (row stride ss) to dst (row stride ds):
+     * gathers the CLS tokens, and scatters their gradient back */
+    void (*copy_rows)(gd_backend *be, float *dst, size_t ds, const float *src, size_t ss, int rows,
+                      size_t n);
 
     /* ---- elementwise ------------------------------------------------- */
     void (*add)(gd_backend *be, float *y, const float *a, const float *b, size_t n); /* y = a + b */

@@ -65,6 +65,13 @@ static void cpu_copy(gd_backend *be, float *dst, const float *src, size_t n)
         memmove(dst, src, n * sizeof(float));
 }
 
+static void cpu_copy_rows(gd_backend *be, float *dst, size_t ds, const float *src, size_t ss,
+                          int rows, size_t n)
+{
+    for (int r = 0; r < rows; r++)
+        memmove(dst + r * ds, src + r * ss, n * sizeof(float));
+}
+
 /* ---- elementwise ------------------------------------------------------ */
 
 static void cpu_add(gd_backend *be, float *y, const float *a, const float *b, size_t n)
@@ -98,15 +105,33 @@ static void cpu_scale_rows(gd_backend *be, float *y, const float *x, const float
 
 /* ---- GEMM ------------------------------------------------------------- */
 
+/* One thread pool for everything: OpenBLAS runs single-threaded (set in
+ * gd_backend_cpu) and the GEMM is split here over OpenMP threads, by
+ * batch and by row blocks of C.  Mixing OpenBLAS's own pthreads with
+ * OpenMP regions made the two pools spin against each other (20x slower
+ * on 2 cores). */
 static void cpu_gemm(gd_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
                      const float *A, int lda, long sa, const float *B, int ldb, long sb, float beta,
                      float *C, int ldc, long sc, int batch)
 {
     cpu_ctx *ctx = be->ctx;
     double t0 = now();
+    double flops = 2.0 * M * N * K * batch;
+    int nthr = flops > 4e6 ? omp_get_max_threads() : 1;
+    /* enough row blocks to balance, each at least 16 rows */
+    int per = batch >= nthr ? 1 : (nthr + batch - 1) / batch;
+    int blk = (M + per - 1) / per;
+    blk = blk < 16 ? 16 : blk;
+    int nblk = (M + blk - 1) / blk;
+#pragma omp parallel for collapse(2) schedule(static) if (nthr > 1)
     for (int i = 0; i < batch; i++)
-        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
+        for (int j = 0; j < nblk; j++) {
+            int m0 = j * blk, m = M - m0 < blk ? M - m0 : blk;
+            const float *a = A + i * sa + (ta ? (size_t)m0 : (size_t)m0 * lda);
+            cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                        tb ? CblasTrans : CblasNoTrans, m, N, K, alpha, a, lda, B + i * sb, ldb,
+                        beta, C + i * sc + (size_t)m0 * ldc, ldc);
+        }
     ctx->t.gemm += now() - t0;
 }
 
@@ -437,7 +462,7 @@ static void cpu_attention_fwd(gd_backend *be, float *out, float *att, const floa
     double t0 = now();
     int D = H * hd, ld = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((double)B * H * T * T * hd > 1e5)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             const float *q = qkv + (size_t)b * T * ld + h * hd;
@@ -460,7 +485,7 @@ static void cpu_attention_bwd(gd_backend *be, float *dqkv, float *scratch, const
     double t0 = now();
     int D = H * hd, ld = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((double)B * H * T * T * hd > 1e5)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             size_t base = (size_t)b * T * ld + h * hd;
@@ -650,6 +675,7 @@ static gd_backend cpu_backend = {
     .sync = cpu_sync,
     .fill = cpu_fill,
     .copy = cpu_copy,
+    .copy_rows = cpu_copy_rows,
     .add = cpu_add,
     .axpy = cpu_axpy,
     .scale = cpu_scale,
@@ -683,7 +709,15 @@ static gd_backend cpu_backend = {
     .all_finite = cpu_all_finite,
 };
 
-gd_backend *gd_backend_cpu(void) { return &cpu_backend; }
+gd_backend *gd_backend_cpu(void)
+{
+    static int once;
+    if (!once) { /* see cpu_gemm */
+        openblas_set_num_threads(1);
+        once = 1;
+    }
+    return &cpu_backend;
+}
 
 gd_cpu_timers gd_cpu_timers_get(const gd_backend *be)
 {
