@@ -99,10 +99,13 @@ TEST(ops_gemm_transposes_batches_odd_sizes)
 {
     rng r;
     rng_init(&r, 1, 0, 0, 0);
-    int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 9, 33}, {64, 48, 31}};
-    for (size_t s = 0; s < 4; s++)
+    /* the last two are big enough for the backend to split rows over
+     * threads (one with a batch, one without) */
+    int shapes[][4] = {{1, 1, 1, 1}, {3, 5, 7, 2}, {17, 9, 33, 3}, {64, 48, 31, 1},
+                       {301, 70, 120, 1}, {97, 65, 190, 3}};
+    for (size_t s = 0; s < 6; s++)
         for (int t = 0; t < 4; t++) {
-            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], batch = 1 + (int)s % 3;
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], batch = shapes[s][3];
             bool ta = t & 1, tb = t & 2;
             int lda = ta ? M : K, ldb = tb ? K : N;
             long sa = (long)M * K, sb = (long)K * N, sc = (long)M * N;
