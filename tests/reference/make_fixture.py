@@ -20,15 +20,19 @@ Ill-conditioned elements.  Adam divides a gradient by its own running
 magnitude, so an element whose gradient is zero in exact arithmetic (the
 key bias of every attention layer: softmax ignores a per-row constant) or
 merely tiny moves by about +-lr on float32 rounding noise alone, in any
-float32 implementation, PyTorch's included.  At every step the script
-recomputes the gradient in float32 PyTorch at the same float64 weights and
-lists, per tensor, the elements where float32 missed the float64 gradient
-g by more than 1e-3 (|g| + 1e-8) (Adam's first update is g / (|g| + eps),
-eps = 1e-8); the replay checks those against the
-bound 2 * sum(lr) instead of the 1e-4 relative norm that holds for all
-other elements.  The
-script also reruns the same steps in float32 PyTorch and prints how far
-that lands from float64 under both measures, for comparison.
+float32 implementation, PyTorch's included, and the next steps carry that
+difference into neighbouring weights.  Such elements have no float32
+answer to compare against, so the fixture lists them, per tensor, by two
+criteria, both measured on PyTorch itself:
+  - gradient: at every step, the float32 gradient at the float64 run's
+    weights misses the float64 gradient g by more than ILL_TOL (|g| + eps)
+    (Adam's first update is g / (|g| + eps), eps = 1e-8);
+  - spread: across ENSEMBLE float32 runs from starts perturbed by one ulp,
+    the final value differs from float64 by more than SPREAD_TOL times the
+    tensor's RMS.
+The replay holds these (about 5% of the elements) to the bound 2 sum(lr)
+and every other element to the 1e-4 relative norm.  The script prints how
+far a plain float32 PyTorch run lands from float64 under both measures.
 
 The steps cover both teacher-temperature regimes (warmup 0.04 -> 0.07 over
 3 epochs, one iteration per epoch), a frozen last layer (epoch 0), gradient

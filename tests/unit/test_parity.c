@@ -8,13 +8,13 @@
  * center likewise; the schedules and the number of clipped tensors
  * exactly.
  *
- * Ill-conditioned elements (listed by the fixture as illcond/<path>) are
- * those where float32 PyTorch itself misses the float64 gradient g by
- * more than 1e-3 (|g| + eps): Adam divides g by |g| + eps, so rounding
- * noise on a gradient that is zero in exact arithmetic (the attention key
- * bias) or tiny moves the weight by up to lr in ANY float32
- * implementation.  Those ~0.2% of the elements are held to the bound
- * |ours - torch| <= 2 sum(lr) instead, and the numerator of the norm
+ * Ill-conditioned elements (listed by the fixture as illcond/<path>; see
+ * make_fixture.py) are those PyTorch's own float32 runs cannot pin down:
+ * Adam divides g by |g| + eps, so rounding noise on a gradient that is zero
+ * in exact arithmetic (the attention key bias) or tiny moves a weight by up
+ * to lr in ANY float32 implementation, and later steps spread it.  Those
+ * (about 5% of the elements) are held to |ours - torch| <= 2 sum(lr)
+ * instead, and the numerator of the norm
  * above leaves them out (the denominator keeps the whole tensor). */
 #include <math.h>
 #include <stdlib.h>
