@@ -282,8 +282,9 @@ static void cpu_weightnorm_fwd(gd_backend *be, float *w, float *norms, const flo
         for (int i = 0; i < n; i++)
             ss += (double)vr[i] * vr[i];
         double nrm = sqrt(ss);
+        float scale = (float)(g[r] / nrm);
         for (int i = 0; i < n; i++)
-            w[(size_t)r * n + i] = (float)(g[r] * vr[i] / nrm);
+            w[(size_t)r * n + i] = scale * vr[i];
         norms[r] = (float)nrm;
     }
 }
@@ -301,8 +302,10 @@ static void cpu_weightnorm_bwd(gd_backend *be, float *dg, float *dv, const float
         dot /= nrm;
         if (dg)
             dg[r] += (float)dot;
+        float a = (float)(g[r] / nrm), b = (float)(dot / nrm);
+        float *dvr = dv + (size_t)r * n;
         for (int i = 0; i < n; i++)
-            dv[(size_t)r * n + i] += (float)(g[r] / nrm * (dwr[i] - vr[i] / nrm * dot));
+            dvr[i] += a * (dwr[i] - vr[i] * b);
     }
 }
 
