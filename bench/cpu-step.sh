@@ -8,6 +8,11 @@
 # torch and timm, the same step in PyTorch (timm ViT + the DINO head, loss
 # and step of tests/reference/make_fixture.py) runs side by side, with the
 # same thread count, as the peer.  Needs `make` first (lib/libcommon.a).
+#
+# geodino runs twice: with libgomp's default wait policy (idle threads spin
+# between parallel regions) and with OMP_WAIT_POLICY=passive; where the
+# vCPUs are SMT siblings or oversubscribed, a spinning thread takes the
+# core from the one doing the work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-5}
@@ -18,8 +23,20 @@ cc -O2 -std=c11 -D_GNU_SOURCE -fopenmp -Ilibcommon -Ikernels bench/cpu-step.c li
     -ltiff -lmsgpackc -lpng -lopenblas -lm -lpthread -fopenmp -o bench/out/cpu-step
 threads=${OMP_NUM_THREADS:-$(nproc)}
 echo "== geodino CPU backend ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
-OMP_NUM_THREADS=$threads bench/out/cpu-step "$steps" "$chans" "$outdim"
+echo "-- OMP_WAIT_POLICY default"
+env -u OMP_WAIT_POLICY OMP_NUM_THREADS=$threads bench/out/cpu-step "$steps" "$chans" "$outdim"
+echo "-- OMP_WAIT_POLICY=passive"
+OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$threads bench/out/cpu-step "$steps" "$chans" "$outdim"
 if [ -n "${TORCH_PYTHON:-}" ]; then
     echo "== PyTorch peer"
-    OMP_NUM_THREADS=$threads "$TORCH_PYTHON" bench/cpu-step.py "$steps" "$chans" "$outdim" "$threads"
+    for policy in default passive; do
+        echo "-- OMP_WAIT_POLICY $policy"
+        if [ $policy = default ]; then
+            env -u OMP_WAIT_POLICY OMP_NUM_THREADS=$threads "$TORCH_PYTHON" bench/cpu-step.py \
+                "$steps" "$chans" "$outdim" "$threads" 2>&1 | grep -v -i warn
+        else
+            OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$threads "$TORCH_PYTHON" bench/cpu-step.py \
+                "$steps" "$chans" "$outdim" "$threads" 2>&1 | grep -v -i warn
+        fi
+    done
 fi

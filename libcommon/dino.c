@@ -456,6 +456,7 @@ dino_trainer *dino_trainer_new(gd_backend *be, const dino_model_cfg *m, const di
         dino_trainer_free(t);
         return NULL;
     }
+    t->pl.err = NULL; /* the caller's err does not outlive this call */
     return t;
 }
 
