@@ -391,3 +391,41 @@ TEST(dino_rejects_bad_shapes)
     CHECK(!dino_trainer_new(gd_backend_cpu(), &m, &c, 2, 2, res, 1, &err));
     CHECK_STR_CONTAINS(err.msg, "divisible");
 }
+
+/* DINO's initialisation, by role: statistics of each tensor */
+TEST(dino_init_follows_dino)
+{
+    fixture f;
+    dino_model_cfg m = tiny_model();
+    dino_train_cfg c = tiny_train();
+    CHECK(fixture_open(&f, &m, &c, 2) == 0);
+    float *s = download(&f, DINO_STUDENT), *t = download(&f, DINO_TEACHER);
+    int same = !memcmp(s, t, dino_trainer_nfloats(f.t) * sizeof(float));
+    int np;
+    const dino_param *p = dino_trainer_params(f.t, &np);
+    double fc1_sd = 0, patch_max = 0, v_max = 0, ones = 0, zeros = 0;
+    size_t nfc1 = 0;
+    for (int i = 0; i < np; i++) {
+        const float *x = s + p[i].off;
+        const char *nm = p[i].name;
+        for (size_t k = 0; k < p[i].n; k++) {
+            if (strstr(nm, "mlp/fc1/weight"))
+                fc1_sd += (double)x[k] * x[k], nfc1++;
+            if (strstr(nm, "patch_embed"))
+                patch_max = fmax(patch_max, fabs(x[k]));
+            if (strstr(nm, "weight_v"))
+                v_max = fmax(v_max, fabs(x[k]));
+            if (strstr(nm, "norm1/weight") || strstr(nm, "weight_g"))
+                ones = fmax(ones, fabs(x[k] - 1));
+            if (strstr(nm, "qkv/bias") || strstr(nm, "norm/bias"))
+                zeros = fmax(zeros, fabs(x[k]));
+        }
+    }
+    free(s), free(t);
+    fixture_close(&f);
+    CHECK(same);
+    CHECK(fabs(sqrt(fc1_sd / nfc1) - 0.02) < 0.002); /* 1152 draws: 5 sigma */
+    CHECK(patch_max <= 1 / sqrt(48.0) && patch_max > 0.8 / sqrt(48.0));
+    CHECK(v_max <= 1 / sqrt(8.0) && v_max > 0.8 / sqrt(8.0));
+    CHECK(ones == 0 && zeros == 0);
+}
