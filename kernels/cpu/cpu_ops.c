@@ -107,23 +107,22 @@ static void cpu_scale_rows(gd_backend *be, float *y, const float *x, const float
 
 /* One thread pool for everything: OpenBLAS runs single-threaded (set in
  * gd_backend_cpu) and the GEMM is split here over OpenMP threads, by
- * batch and by row blocks of C.  Mixing OpenBLAS's own pthreads with
- * OpenMP regions made the two pools spin against each other (20x slower
- * on 2 cores). */
+ * batch and by blocks of GEMM_ROWS rows of C.  Mixing OpenBLAS's own
+ * pthreads with OpenMP regions made the two pools spin against each other
+ * (20x slower on 2 cores).  The blocks depend on the shapes only, never on
+ * the thread count, so the same calls (and the same bits) come out of any
+ * number of threads: OpenBLAS picks its kernel by size. */
+#define GEMM_ROWS 128
 static void cpu_gemm(gd_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
                      const float *A, int lda, long sa, const float *B, int ldb, long sb, float beta,
                      float *C, int ldc, long sc, int batch)
 {
     cpu_ctx *ctx = be->ctx;
     double t0 = now();
-    double flops = 2.0 * M * N * K * batch;
-    int nthr = flops > 4e6 ? omp_get_max_threads() : 1;
-    /* enough row blocks to balance, each at least 16 rows */
-    int per = batch >= nthr ? 1 : (nthr + batch - 1) / batch;
-    int blk = (M + per - 1) / per;
-    blk = blk < 16 ? 16 : blk;
+    bool big = 2.0 * M * N * K * batch > 4e6;
+    int blk = big && M > GEMM_ROWS ? GEMM_ROWS : M;
     int nblk = (M + blk - 1) / blk;
-#pragma omp parallel for collapse(2) schedule(static) if (nthr > 1)
+#pragma omp parallel for collapse(2) schedule(static) if (big)
     for (int i = 0; i < batch; i++)
         for (int j = 0; j < nblk; j++) {
             int m0 = j * blk, m = M - m0 < blk ? M - m0 : blk;
@@ -519,6 +518,39 @@ static void cpu_attention_bwd(gd_backend *be, float *dqkv, float *scratch, const
     ctx->t.attention += now() - t0;
 }
 
+/* ---- reductions ---------------------------------------------------------- */
+
+/* Sums in a fixed order whatever the thread count (OpenMP's reduction
+ * clause combines partial sums in arrival order, so results would change
+ * from run to run): fixed chunks summed in parallel, then the chunk sums
+ * in order.  `sq` sums squares. */
+#define RED_CHUNK 8192
+static double fixed_order_sum(const float *x, size_t n, int sq)
+{
+    size_t nc = (n + RED_CHUNK - 1) / RED_CHUNK;
+    double stack[64], *part = nc <= 64 ? stack : malloc(nc * sizeof(double));
+    if (!part) { /* no memory for partials: serial, still in a fixed order */
+        double s = 0;
+        for (size_t i = 0; i < n; i++)
+            s += sq ? (double)x[i] * x[i] : x[i];
+        return s;
+    }
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t c = 0; c < nc; c++) {
+        size_t end = (c + 1) * RED_CHUNK < n ? (c + 1) * RED_CHUNK : n;
+        double s = 0;
+        for (size_t i = c * RED_CHUNK; i < end; i++)
+            s += sq ? (double)x[i] * x[i] : x[i];
+        part[c] = s;
+    }
+    double s = 0;
+    for (size_t c = 0; c < nc; c++)
+        s += part[c];
+    if (part != stack)
+        free(part);
+    return s;
+}
+
 /* ---- DINO loss ---------------------------------------------------------- */
 
 static void cpu_dino_teacher_probs(gd_backend *be, float *q, const float *t, const float *center,
@@ -550,10 +582,17 @@ static void cpu_dino_loss(gd_backend *be, float *loss, float *ds, const float *s
     for (int v = 0; v < S; v++)
         for (int i = 0; i < G; i++)
             npairs += v != i;
-    double total = 0, inv_t = 1.0 / student_temp, w = 1.0 / ((double)npairs * B);
-#pragma omp parallel for reduction(+ : total) collapse(2) if ((size_t)S * B * K > PAR_MIN / 4)
+    double inv_t = 1.0 / student_temp, w = 1.0 / ((double)npairs * B);
+    /* per-row terms, summed in order below: the same bits for any thread count */
+    double *rows = malloc((size_t)S * B * sizeof(double));
+    if (!rows) {
+        loss[0] = NAN; /* reported as a non-finite loss by the caller */
+        return;
+    }
+#pragma omp parallel for collapse(2) if ((size_t)S * B * K > PAR_MIN / 4)
     for (int v = 0; v < S; v++)
         for (int b = 0; b < B; b++) {
+            double total = 0;
             const float *sr = s + ((size_t)v * B + b) * K;
             double mx = -INFINITY, z = 0;
             for (int k = 0; k < K; k++)
@@ -572,6 +611,7 @@ static void cpu_dino_loss(gd_backend *be, float *loss, float *ds, const float *s
                     ce -= qr[k] * (sr[k] * inv_t - lse);
                 total += ce * w;
             }
+            rows[v * B + b] = total;
             if (!ds)
                 continue;
             float *dr = ds + ((size_t)v * B + b) * K;
@@ -584,6 +624,10 @@ static void cpu_dino_loss(gd_backend *be, float *loss, float *ds, const float *s
                 dr[k] = (float)((nq * p - qs) * inv_t * w);
             }
         }
+    double total = 0;
+    for (int r = 0; r < S * B; r++)
+        total += rows[r];
+    free(rows);
     loss[0] = (float)total;
 }
 
@@ -601,20 +645,11 @@ static void cpu_center_update(gd_backend *be, float *center, const float *t, int
 
 /* ---- optimisation -------------------------------------------------------- */
 
-static double sumsq(const float *x, size_t n)
-{
-    double s = 0;
-#pragma omp parallel for reduction(+ : s) if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        s += (double)x[i] * x[i];
-    return s;
-}
-
 static int cpu_clip_per_tensor(gd_backend *be, float *buf, const size_t *off, const size_t *len,
                                int n, float clip, double *norms, gd_err *err)
 {
     for (int i = 0; i < n; i++) {
-        norms[i] = sqrt(sumsq(buf + off[i], len[i]));
+        norms[i] = sqrt(fixed_order_sum(buf + off[i], len[i], 1));
         double coef = clip / (norms[i] + 1e-6);
         if (clip > 0 && coef < 1)
             cpu_scale(be, buf + off[i], (float)coef, len[i]);
@@ -647,11 +682,7 @@ static void cpu_ema(gd_backend *be, float *teacher, const float *student, float 
 
 static void cpu_sum(gd_backend *be, float *out, const float *x, size_t n)
 {
-    double s = 0;
-#pragma omp parallel for reduction(+ : s) if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        s += x[i];
-    out[0] = (float)s;
+    out[0] = (float)fixed_order_sum(x, n, 0);
 }
 
 static int cpu_all_finite(gd_backend *be, const float *x, size_t n, int *finite, gd_err *err)

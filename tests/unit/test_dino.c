@@ -3,6 +3,7 @@
  * configuration, the parameter table, schedules, the optimizer's groups,
  * the frozen last layer, the teacher EMA and a non-finite loss. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -428,4 +429,40 @@ TEST(dino_init_follows_dino)
     CHECK(patch_max <= 1 / sqrt(48.0) && patch_max > 0.8 / sqrt(48.0));
     CHECK(v_max <= 1 / sqrt(8.0) && v_max > 0.8 / sqrt(8.0));
     CHECK(ones == 0 && zeros == 0);
+}
+
+/* DESIGN.md: the same seed gives the same bytes whatever the number of
+ * threads.  One step with 1 thread and with 3 must agree bit for bit
+ * (fixed-order reductions, GEMM blocks that depend on shapes only). */
+TEST(dino_step_is_bitwise_independent_of_thread_count)
+{
+    /* a head big enough that the backend splits its GEMMs over threads and
+     * the loss and the gradient norms are parallel reductions */
+    dino_model_cfg m = tiny_model();
+    m.drop_path_rate = 0.2f;
+    m.out_dim = 4096;
+    m.bottleneck_dim = 64;
+    dino_train_cfg c = tiny_train();
+    int saved = omp_get_max_threads();
+    float *out[2];
+    double loss[2];
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(k ? 3 : 1);
+        fixture f;
+        CHECK(fixture_open(&f, &m, &c, 4) == 0);
+        gd_err err;
+        dino_step_stats st;
+        CHECK(dino_trainer_step(f.t, f.views, 2, &st, &err) == 0);
+        loss[k] = st.loss;
+        out[k] = download(&f, DINO_STUDENT);
+        fixture_close(&f);
+    }
+    omp_set_num_threads(saved);
+    fixture f;
+    CHECK(fixture_open(&f, &m, &c, 4) == 0);
+    int same = !memcmp(out[0], out[1], dino_trainer_nfloats(f.t) * sizeof(float));
+    fixture_close(&f);
+    free(out[0]), free(out[1]);
+    CHECK(same);
+    CHECK(loss[0] == loss[1]);
 }
