@@ -107,12 +107,14 @@ static void cpu_scale_rows(gd_backend *be, float *y, const float *x, const float
 
 /* One thread pool for everything: OpenBLAS runs single-threaded (set in
  * gd_backend_cpu) and the GEMM is split here over OpenMP threads, by
- * batch and by blocks of GEMM_ROWS rows of C.  Mixing OpenBLAS's own
+ * batch and by at most GEMM_BLOCKS row blocks of C (of GEMM_ROWS rows
+ * or more, so that each call stays efficient).  Mixing OpenBLAS's own
  * pthreads with OpenMP regions made the two pools spin against each other
  * (20x slower on 2 cores).  The blocks depend on the shapes only, never on
  * the thread count, so the same calls (and the same bits) come out of any
  * number of threads: OpenBLAS picks its kernel by size. */
-#define GEMM_ROWS 128
+#define GEMM_ROWS 64
+#define GEMM_BLOCKS 16
 static void cpu_gemm(gd_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
                      const float *A, int lda, long sa, const float *B, int ldb, long sb, float beta,
                      float *C, int ldc, long sc, int batch)
@@ -120,7 +122,8 @@ static void cpu_gemm(gd_backend *be, bool ta, bool tb, int M, int N, int K, floa
     cpu_ctx *ctx = be->ctx;
     double t0 = now();
     bool big = 2.0 * M * N * K * batch > 4e6;
-    int blk = big && M > GEMM_ROWS ? GEMM_ROWS : M;
+    int blk = (M + GEMM_BLOCKS - 1) / GEMM_BLOCKS;
+    blk = !big ? M : blk < GEMM_ROWS ? GEMM_ROWS : blk;
     int nblk = (M + blk - 1) / blk;
 #pragma omp parallel for collapse(2) schedule(static) if (big)
     for (int i = 0; i < batch; i++)
