@@ -1,0 +1,176 @@
+/* ops.h: the backend seam.  Every numerical operation the models need,
+ * forward and backward, behind a table of function pointers chosen at run
+ * time (gd_backend_cpu() now, a CUDA backend later).
+ *
+ * Buffers.  Every `float *` an op takes is a DEVICE pointer obtained from
+ * be->alloc (or an offset into one: pointer arithmetic is allowed, reading
+ * or writing through the pointer is not).  Model code in libcommon/ never
+ * dereferences one; data crosses the seam only through be->upload and
+ * be->download.  Host arrays, where an op takes any, are `const` host
+ * memory and say so.  All shapes are explicit; tensors are row-major.
+ *
+ * Errors.  Compute ops cannot fail on valid shapes and return nothing (a
+ * GPU backend runs them asynchronously); alloc, transfers and sync report
+ * failures through gd_err and return -1.
+ *
+ * Gradient convention.  Backward ops ACCUMULATE (+=) into parameter
+ * gradients (weights, biases, gains, position embeddings), so that crop
+ * groups that share the weights simply add up.  Gradients with respect to
+ * activations are OVERWRITTEN unless an op says otherwise (layernorm's
+ * input gradient accumulates, because it always lands on a residual
+ * stream that already carries a gradient).
+ *
+ * Precision.  Data are float32; sums over rows, norms and the loss are
+ * accumulated in float64. */
+#ifndef GD_OPS_H
+#define GD_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct gd_backend gd_backend;
+
+struct gd_backend {
+    const char *name; /* "cpu", "cuda" */
+    void *ctx;        /* backend-private state (BLAS handles, streams, timers) */
+
+    /* ---- memory ------------------------------------------------------ */
+    float *(*alloc)(gd_backend *be, size_t n, gd_err *err); /* n floats, zeroed */
+    void (*release)(gd_backend *be, float *p);              /* NULL is fine */
+    int (*upload)(gd_backend *be, float *dst, const float *host, size_t n, gd_err *err);
+    int (*download)(gd_backend *be, float *host, const float *src, size_t n, gd_err *err);
+    int (*sync)(gd_backend *be, gd_err *err); /* waits for queued work, reports its errors */
+    void (*fill)(gd_backend *be, float *x, float v, size_t n);
+    void (*copy)(gd_backend *be, float *dst, const float *src, size_t n);
+    /* rows of n floats from src (row stride ss) to dst (row stride ds):
+     * gathers the CLS tokens, and scatters their gradient back */
+    void (*copy_rows)(gd_backend *be, float *dst, size_t ds, const float *src, size_t ss, int rows,
+                      size_t n);
+
+    /* ---- elementwise ------------------------------------------------- */
+    void (*add)(gd_backend *be, float *y, const float *a, const float *b, size_t n); /* y = a + b */
+    void (*axpy)(gd_backend *be, float *y, float alpha, const float *x, size_t n); /* y += alpha x */
+    void (*scale)(gd_backend *be, float *x, float alpha, size_t n);
+    /* y[r,:] = x[r,:] * s[r] for rows of length n: stochastic depth with a
+     * host-drawn per-sample scale s (0 or 1/keep).  Its own adjoint. */
+    void (*scale_rows)(gd_backend *be, float *y, const float *x, const float *s_host, int rows,
+                       size_t n);
+
+    /* ---- GEMM -------------------------------------------------------- */
+    /* C = alpha op(A) op(B) + beta C, row-major; op(A) is M x K, op(B) K x N.
+     * batch > 1 repeats it with strides sa, sb, sc (elements) between
+     * consecutive matrices. */
+    void (*gemm)(gd_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, long sa, const float *B, int ldb, long sb, float beta,
+                 float *C, int ldc, long sc, int batch);
+    void (*bias_add)(gd_backend *be, float *y, const float *bias, int rows, int n);
+    void (*bias_grad)(gd_backend *be, float *dbias, const float *dy, int rows, int n); /* += */
+
+    /* ---- activations and normalisation -------------------------------- */
+    /* exact GELU, x * Phi(x) */
+    void (*gelu_fwd)(gd_backend *be, float *y, const float *x, size_t n);
+    void (*gelu_bwd)(gd_backend *be, float *dx, const float *x, const float *dy, size_t n);
+    /* y = (x - mean) * rstd * w + b per row; mean, rstd saved [rows] */
+    void (*layernorm_fwd)(gd_backend *be, float *y, float *mean, float *rstd, const float *x,
+                          const float *w, const float *b, int rows, int n, float eps);
+    /* dx += ..., dw += ..., db += ... */
+    void (*layernorm_bwd)(gd_backend *be, float *dx, float *dw, float *db, const float *dy,
+                          const float *x, const float *w, const float *mean, const float *rstd,
+                          int rows, int n);
+    /* y = x / max(||x||_2, eps) per row (torch F.normalize); norms saved [rows] */
+    void (*l2norm_fwd)(gd_backend *be, float *y, float *norms, const float *x, int rows, int n,
+                       float eps);
+    void (*l2norm_bwd)(gd_backend *be, float *dx, const float *dy, const float *y,
+                       const float *norms, int rows, int n, float eps);
+    /* Weight normalisation along dim 0: w[o,:] = g[o] v[o,:] / ||v[o,:]||.
+     * norms saved [rows]; backward accumulates dg (when not NULL) and dv. */
+    void (*weightnorm_fwd)(gd_backend *be, float *w, float *norms, const float *g,
+                           const float *v, int rows, int n);
+    void (*weightnorm_bwd)(gd_backend *be, float *dg, float *dv, const float *dw, const float *g,
+                           const float *v, const float *norms, int rows, int n);
+    /* y = softmax(x * inv_temp) per row */
+    void (*softmax_fwd)(gd_backend *be, float *y, const float *x, float inv_temp, int rows, int n);
+
+    /* ---- ViT pieces --------------------------------------------------- */
+    /* Patch extraction (the stride = kernel convolution as a GEMM):
+     * img [B, C, H, W] -> out [B, (H/p)(W/p), C p p], (c, ky, kx) order. */
+    void (*patchify)(gd_backend *be, float *out, const float *img, int B, int C, int H, int W,
+                     int p);
+    /* x[b,0,:] = cls + pos[0]; x[b,1+i,:] = patches[b,i,:] + pos[1+i]. */
+    void (*tokens_fwd)(gd_backend *be, float *x, const float *patches, const float *cls,
+                       const float *pos, int B, int np, int D);
+    /* dpatches = dx[:,1:] (overwrite, may be NULL); dcls += ; dpos += */
+    void (*tokens_bwd)(gd_backend *be, float *dpatches, float *dcls, float *dpos, const float *dx,
+                       int B, int np, int D);
+    /* Position embeddings for another grid: out [1 + oh ow, D] from
+     * pos [1 + g g, D]; row 0 (CLS) copied, the g x g grid resized
+     * bicubically (A = -0.75, align_corners = False, clamped borders) with
+     * source coordinate (dst + 0.5) / scale - 0.5, as torch's interpolate
+     * with scale_factor (sh, sw). */
+    void (*posinterp_fwd)(gd_backend *be, float *out, const float *pos, int g, int oh, int ow,
+                          double sh, double sw, int D);
+    void (*posinterp_bwd)(gd_backend *be, float *dpos, const float *dout, int g, int oh, int ow,
+                          double sh, double sw, int D); /* dpos += */
+    /* Multi-head self-attention on qkv [B, T, 3, H, hd] (timm's layout):
+     * out [B, T, H hd], att [B, H, T, T] saved softmax probabilities. */
+    void (*attention_fwd)(gd_backend *be, float *out, float *att, const float *qkv, int B, int T,
+                          int H, int hd);
+    /* dqkv overwritten; scratch [B, H, T, T] */
+    void (*attention_bwd)(gd_backend *be, float *dqkv, float *scratch, const float *dout,
+                          const float *qkv, const float *att, int B, int T, int H, int hd);
+
+    /* ---- DINO loss ---------------------------------------------------- */
+    /* q [2B, K] = softmax((t - center) / temp) over the global teacher views */
+    void (*dino_teacher_probs)(gd_backend *be, float *q, const float *t, const float *center,
+                               float temp, int rows, int K);
+    /* Student out s [S B, K] (view-major), teacher probs q [G B, K]:
+     * loss[0] = mean over pairs (i < G, v < S, v != i) of
+     *           mean_b sum_k -q_i[b,k] log_softmax(s_v[b] / temp)[k];
+     * ds (when not NULL) gets its gradient (overwrite). */
+    void (*dino_loss)(gd_backend *be, float *loss, float *ds, const float *s, const float *q,
+                      int G, int S, int B, int K, float student_temp);
+    /* center = m center + (1 - m) mean_rows(t) */
+    void (*center_update)(gd_backend *be, float *center, const float *t, int rows, int K, float m);
+
+    /* ---- optimisation ------------------------------------------------- */
+    /* sqrt(sum x^2) of each of n tensors (device offsets off[i], lengths
+     * len[i], host arrays) into norms (host); DINO's clip_gradients then
+     * scales tensor i by clip / (norm + 1e-6) when that is below 1 (clip
+     * <= 0: no clipping). */
+    int (*clip_per_tensor)(gd_backend *be, float *buf, const size_t *off, const size_t *len,
+                           int n, float clip, double *norms, gd_err *err);
+    /* torch.optim.AdamW, one tensor: p -= lr wd p; moments; bias-corrected
+     * step (step counts from 1). */
+    void (*adamw)(gd_backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                  float lr, float wd, float beta1, float beta2, float eps, int step);
+    /* teacher = m teacher + (1 - m) student */
+    void (*ema)(gd_backend *be, float *teacher, const float *student, float m, size_t n);
+    /* out[0] = sum x (float64 accumulation) */
+    void (*sum)(gd_backend *be, float *out, const float *x, size_t n);
+    /* 1 when every element is finite */
+    int (*all_finite)(gd_backend *be, const float *x, size_t n, int *finite, gd_err *err);
+};
+
+/* The CPU reference backend (CBLAS + OpenMP).  A static object: no free. */
+gd_backend *gd_backend_cpu(void);
+
+/* Wall seconds the CPU backend spent in its gemm op and in its attention
+ * ops (which are GEMMs per head plus a softmax) since the last reset; for
+ * benchmarks.  Zeros for another backend. */
+typedef struct gd_cpu_timers {
+    double gemm, attention;
+} gd_cpu_timers;
+gd_cpu_timers gd_cpu_timers_get(const gd_backend *be);
+void gd_cpu_timers_reset(gd_backend *be);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

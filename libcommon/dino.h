@@ -1,0 +1,135 @@
+/* dino.h: the DINO model (ViT backbone + DINO head), its loss and its
+ * training step, written once against the backend seam (kernels/ops.h).
+ *
+ * Parameters live in one device buffer per role (student, teacher,
+ * gradient, Adam moments); a table names every tensor exactly as the DINO
+ * reference code does, with '/' for '.' ("backbone/blocks/3/attn/qkv/
+ * weight", "head/mlp/0/weight", "head/last_layer/weight_v"), which is also
+ * its name in checkpoints (FORMAT.md: student/<path>, teacher/<path>,
+ * adam_m/<path>, adam_v/<path>, center).
+ *
+ *     dino_trainer *t = dino_trainer_new(be, &model, &train, B, nviews, res, seed, &err);
+ *     dino_trainer_init(t, seed);            (or dino_trainer_load(t, ckpt, ...))
+ *     for (it...) dino_trainer_step(t, views, it, &stats, &err);
+ *
+ * views[v] is a device buffer [B, in_chans, res[v], res[v]]; the first
+ * two are the global crops (the teacher sees only those).  Consecutive
+ * views of equal size go through the backbone together, as DINO's
+ * MultiCropWrapper does. */
+#ifndef GD_DINO_H
+#define GD_DINO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "msg.h"
+#include "ops.h"
+
+typedef struct dino_model_cfg {
+    int img_size;       /* native size: the position embedding grid is img_size / patch */
+    int patch;          /* 8 or 16 */
+    int in_chans;       /* bands */
+    int embed_dim, depth, num_heads, mlp_ratio;
+    float ln_eps;         /* 1e-6 */
+    float drop_path_rate; /* stochastic depth at the last block (student only) */
+    int out_dim, hidden_dim, bottleneck_dim; /* head: 65536, 2048, 256 */
+    bool norm_last_layer;                    /* weight_g fixed to 1 */
+} dino_model_cfg;
+
+/* DINO's vit_tiny / vit_small / vit_base with its head defaults; -1 when
+ * the name is unknown. */
+int dino_model_preset(dino_model_cfg *c, const char *arch, int patch, int in_chans);
+int dino_model_check(const dino_model_cfg *c, gd_err *err);
+
+typedef struct dino_train_cfg {
+    int batch_size_total;   /* lr is scaled by batch_size_total / 256 */
+    int epochs, niter_per_epoch, warmup_epochs;
+    double lr, min_lr;      /* lr before scaling, as --lr */
+    double weight_decay, weight_decay_end;
+    double momentum_teacher;
+    double warmup_teacher_temp, teacher_temp;
+    int warmup_teacher_temp_epochs;
+    double student_temp, center_momentum;
+    double clip_grad;       /* per tensor; 0: off */
+    int freeze_last_layer;  /* epochs */
+    double beta1, beta2, adam_eps;
+} dino_train_cfg;
+
+void dino_train_defaults(dino_train_cfg *c); /* DINO main_dino.py defaults */
+
+/* The per-iteration schedule values, as DINO's utils.cosine_scheduler and
+ * its teacher temperature (per epoch) compute them. */
+typedef struct dino_sched {
+    double lr, weight_decay, momentum, teacher_temp;
+} dino_sched;
+double dino_cosine(double base, double final, int epochs, int niter, int warmup_epochs,
+                   double start_warmup, long it);
+dino_sched dino_schedule(const dino_train_cfg *c, long it);
+
+/* One named parameter tensor. */
+typedef struct dino_param {
+    char name[96];     /* "backbone/blocks/0/attn/qkv/weight" (no role prefix) */
+    int ndim;
+    int64_t shape[4];
+    size_t off, n;     /* in floats, within a role buffer */
+    bool decay;        /* DINO's regularized group: not a bias, not 1-D */
+    bool trainable;    /* false for weight_g when norm_last_layer */
+    bool last_layer;   /* gradients cancelled during freeze_last_layer */
+} dino_param;
+
+typedef struct dino_step_stats {
+    double loss, lr, weight_decay, momentum, teacher_temp;
+    int nclipped;      /* tensors whose gradient was scaled down */
+    bool last_layer_frozen;
+} dino_step_stats;
+
+typedef struct dino_trainer dino_trainer;
+
+dino_trainer *dino_trainer_new(gd_backend *be, const dino_model_cfg *m, const dino_train_cfg *tc,
+                               int B, int nviews, const int *res, uint64_t seed, gd_err *err);
+void dino_trainer_free(dino_trainer *t);
+
+/* DINO's initialisation (truncated normal 0.02 for linears, cls token and
+ * position embedding; PyTorch's default for the patch convolution and the
+ * last layer); teacher = student, moments and center zero. */
+int dino_trainer_init(dino_trainer *t, uint64_t seed, gd_err *err);
+
+const dino_param *dino_trainer_params(const dino_trainer *t, int *n);
+size_t dino_trainer_nfloats(const dino_trainer *t);
+
+/* Roles of the state, for loading and exporting by name. */
+typedef enum { DINO_STUDENT, DINO_TEACHER, DINO_ADAM_M, DINO_ADAM_V, DINO_GRAD } dino_role;
+const char *dino_role_prefix(dino_role r); /* "student/", ... */
+
+/* Sets every parameter of a role from tensors named prefix + path in m
+ * (f4, shape checked); an error names the first missing or wrong one. */
+int dino_trainer_load(dino_trainer *t, dino_role r, const msg *m, const char *prefix, gd_err *err);
+/* Adds every parameter of a role to m as prefix + path. */
+int dino_trainer_export(dino_trainer *t, dino_role r, msg *m, const char *prefix, gd_err *err);
+int dino_trainer_get_center(dino_trainer *t, float *host, gd_err *err); /* [out_dim] */
+int dino_trainer_set_center(dino_trainer *t, const float *host, gd_err *err);
+
+/* Forward of teacher and student, the loss at teacher temperature temp,
+ * and (when grads) the student's gradient in the DINO_GRAD buffer (zeroed
+ * first).  Draws drop-path masks from the stream (seed, it).  Changes no
+ * parameter and not the center. */
+int dino_trainer_loss(dino_trainer *t, float *const *views, long it, double temp, bool grads,
+                      double *loss, gd_err *err);
+
+/* One whole DINO iteration `it` (epoch = it / niter_per_epoch): loss and
+ * gradients, center update, per-tensor clipping, last-layer freeze, AdamW
+ * with DINO's parameter groups, teacher EMA.  A non-finite loss is an
+ * error and leaves the parameters untouched. */
+int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_stats *st,
+                      gd_err *err);
+
+/* The student head output of the last forward [nviews B, out_dim] and the
+ * teacher's [2 B, out_dim], downloaded. */
+int dino_trainer_outputs(dino_trainer *t, float *student, float *teacher, gd_err *err);
+
+/* Device pointers, for tests that perturb the state directly. */
+float *dino_trainer_buffer(dino_trainer *t, dino_role r);
+
+#endif
