@@ -485,6 +485,8 @@ size_t dino_trainer_nfloats(const dino_trainer *t) { return t->total; }
 
 float *dino_trainer_buffer(dino_trainer *t, dino_role r) { return t->buf[r]; }
 
+int *dino_trainer_adam_steps(dino_trainer *t) { return t->adam_step; }
+
 /* ---- initialisation ---------------------------------------------------------------------- */
 
 /* timm's trunc_normal_(std=.02): a normal with std, redrawn outside the

@@ -129,6 +129,11 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
  * teacher's [2 B, out_dim], downloaded. */
 int dino_trainer_outputs(dino_trainer *t, float *student, float *teacher, gd_err *err);
 
+/* The per-parameter AdamW step counts, in table order (dino_trainer_params):
+ * state that lives on the host, read and set by checkpoints so that a
+ * resumed run continues bit for bit. */
+int *dino_trainer_adam_steps(dino_trainer *t);
+
 /* Device pointers, for tests that perturb the state directly. */
 float *dino_trainer_buffer(dino_trainer *t, dino_role r);
 
