@@ -1,0 +1,313 @@
+#!/usr/bin/env bats
+# dino-step init / train: checkpoints, exact resume, signals, bad input.
+# Tiny models (depth 2, dim 32, out_dim 64) on 32/16 px crops of the real
+# Landsat scene, so that every test runs in a second or two, under ASan too.
+
+load helpers
+
+TOOL=$ROOT/tests/cli/dino_tool.py
+
+# 4 batches of 2 samples, 2 global 32 px + 2 local 16 px crops, 6 bands
+batches() {
+    "$BIN/tif-stats" "$DATA/L7_ETMs.tif" -o "$TMP/stats.mpt" > /dev/null
+    for i in 1 2 3 4; do echo "$DATA/L7_ETMs.tif"; done > "$TMP/list.txt"
+    "$BIN/multicrop" --stats "$TMP/stats.mpt" --list "$TMP/list.txt" --batch-size 2 --epochs 2 \
+        --global-size 32 --local-size 16 --local-crops-number 2 --seed 1 --threads 1 -o "$TMP/b.mpt"
+    $PY "$TOOL" split "$TMP/b.mpt" 2 "$TMP/b1.mpt" "$TMP/b2.mpt"
+}
+
+init() {
+    "$BIN/dino-step" init --arch vit_tiny --depth 2 --embed-dim 32 --num-heads 2 --patch-size 8 \
+        --img-size 32 --out-dim 64 --hidden-dim 64 --bottleneck-dim 32 --batch-size-per-gpu 2 \
+        --local-crops-number 2 --iters-per-epoch 2 --epochs 10 --warmup-epochs 1 \
+        --stats "$TMP/stats.mpt" "$@"
+}
+
+meta() { $PY "$TOOL" meta "$@"; }
+
+@test "help, version and usage errors" {
+    run "$BIN/dino-step" --help
+    assert_success
+    assert_output --partial "init"
+    run "$BIN/dino-step" --version
+    assert_success
+    assert_output --regexp "^dino-step \(geodino\) [0-9.]+$"
+    run "$BIN/dino-step" init --help
+    assert_success
+    assert_output --partial "--iters-per-epoch"
+    run "$BIN/dino-step" train --help
+    assert_output --partial "--save-every"
+    run "$BIN/dino-step" frobnicate
+    assert_failure 2
+    assert_output --partial "dino-step: unknown command 'frobnicate'"
+    run "$BIN/dino-step" init -o "$TMP/c.mpt"
+    assert_failure 2
+    assert_output --partial "exactly one of --iters-per-epoch and --dataset-size"
+    run "$BIN/dino-step" init --arch vit_huge --iters-per-epoch 1 -o "$TMP/c.mpt"
+    assert_failure 2
+    run "$BIN/dino-step" train
+    assert_failure 2
+    assert_output --partial "--ckpt"
+    [ ! -e "$TMP/c.mpt" ]
+}
+
+@test "init: the whole configuration in meta, student = teacher, zero center and moments" {
+    batches
+    init --seed 7 -o "$TMP/c.mpt"
+    run meta "$TMP/c.mpt" step
+    assert_output "0"
+    run meta "$TMP/c.mpt" config/arch
+    assert_output '"vit_tiny"'
+    run meta "$TMP/c.mpt" config/out_dim
+    assert_output "64"
+    run meta "$TMP/c.mpt" config/iters_per_epoch
+    assert_output "2"
+    run meta "$TMP/c.mpt" config/momentum_teacher
+    assert_output "0.996"
+    run meta "$TMP/c.mpt" config/in_chans
+    assert_output "6"
+    run meta "$TMP/c.mpt" config/seed
+    assert_output "7"
+    run meta "$TMP/c.mpt" config/global_crops_scale
+    assert_output "[0.4, 1.0]"
+    run meta "$TMP/c.mpt" stats/mean
+    assert_output --partial "79.1477"
+    run $PY "$TOOL" init-check "$TMP/c.mpt"
+    assert_success
+    assert_output "38"   # 4 + 12 per block * 2 + 2 + 6 + 2 head tensors
+    # the same seed gives the same bytes, another seed other weights
+    init --seed 7 -o "$TMP/d.mpt"
+    cmp "$TMP/c.mpt" "$TMP/d.mpt"
+    init --seed 8 -o "$TMP/e.mpt"
+    run $PY "$TOOL" diff "$TMP/c.mpt" "$TMP/e.mpt" student/
+    assert_line "student/backbone/cls_token"
+    # an existing checkpoint is not replaced without --force
+    run init -o "$TMP/c.mpt"
+    assert_failure 1
+    assert_output --partial "--force"
+    init --seed 8 --force -o "$TMP/c.mpt"
+    cmp "$TMP/c.mpt" "$TMP/e.mpt"
+    # --dataset-size: iterations per epoch = size / (batch * world)
+    run "$BIN/dino-step" init --dataset-size 101 --batch-size-per-gpu 5 --world-size 2 --print-config
+    assert_success
+    assert_line "iters_per_epoch: 10"
+    assert_line "dataset_size: 101"
+}
+
+@test "train: one step per batch, a JSON log line per step, DINO's schedules" {
+    batches
+    init -o "$TMP/c.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --log "$TMP/log.jsonl" --log-every 1 "$TMP/b.mpt"
+    assert_success
+    run meta "$TMP/c.mpt" step
+    assert_output "4"
+    run meta "$TMP/c.mpt" epoch
+    assert_output "2"
+    [ "$(wc -l < "$TMP/log.jsonl")" -eq 4 ]
+    $PY - "$TMP/log.jsonl" <<'PY'
+import json, math, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert [r["step"] for r in rows] == [1, 2, 3, 4]
+assert [r["epoch"] for r in rows] == [0, 0, 1, 1]
+for r in rows:
+    for k in ("loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy",
+              "teacher_mean_entropy", "kl", "samples_per_s"):
+        assert math.isfinite(r[k]), k
+    assert set(r["grad_norm"]) == {"backbone", "head", "last_layer", "total"}
+    assert 0 < r["teacher_entropy"] <= math.log(64) + 1e-9
+    assert r["kl"] >= -1e-5
+# warmup: lr 0 at iteration 0, then linear to 5e-4 * 2 / 256 over 1 epoch of 2 iterations
+assert rows[0]["lr"] == 0 and abs(rows[1]["lr"] - 5e-4 * 2 / 256) < 1e-12
+assert rows[0]["momentum"] == 0.996 and rows[3]["momentum"] > rows[0]["momentum"]
+assert abs(rows[0]["wd"] - 0.04) < 1e-15 and rows[3]["wd"] > rows[0]["wd"]
+assert rows[0]["last_layer_frozen"] and not rows[2]["last_layer_frozen"]
+PY
+    # student and teacher moved apart from the initialisation, the center too
+    init -o "$TMP/i.mpt"
+    run $PY "$TOOL" diff "$TMP/i.mpt" "$TMP/c.mpt"
+    assert_line "center"
+    assert_line "teacher/backbone/blocks/0/attn/qkv/weight"
+    assert_line "student/head/last_layer/weight_v"
+    assert_line "adam_v/backbone/pos_embed"
+    run meta "$TMP/c.mpt" adam_steps
+    assert_output --partial "4, 4"
+}
+
+@test "resume: 4 steps == 2 steps + resume + 2 steps, bit for bit (drop path included)" {
+    batches
+    init -o "$TMP/a.mpt"
+    cp "$TMP/a.mpt" "$TMP/r.mpt"
+    cp "$TMP/a.mpt" "$TMP/s.mpt"
+    run meta "$TMP/a.mpt" config/drop_path_rate
+    assert_output --regexp "^0\.1"
+    "$BIN/dino-step" train --ckpt "$TMP/a.mpt" < "$TMP/b.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/r.mpt" "$TMP/b1.mpt"
+    run meta "$TMP/r.mpt" step
+    assert_output "2"
+    "$BIN/dino-step" train --ckpt "$TMP/r.mpt" "$TMP/b2.mpt"
+    cmp "$TMP/a.mpt" "$TMP/r.mpt"
+    # --steps stops after 2 and leaves the rest of a stream unread
+    "$BIN/dino-step" train --ckpt "$TMP/s.mpt" --steps 2 "$TMP/b.mpt"
+    run meta "$TMP/s.mpt" step
+    assert_output "2"
+    "$BIN/dino-step" train --ckpt "$TMP/s.mpt" --steps 5 "$TMP/b2.mpt"
+    cmp "$TMP/a.mpt" "$TMP/s.mpt"
+}
+
+@test "--save-every and --keep: periodic copies, the oldest removed" {
+    batches
+    init -o "$TMP/c.mpt"
+    cp "$TMP/c.mpt" "$TMP/three.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --save-every 1 --keep 2 "$TMP/b.mpt"
+    run ls "$TMP"
+    refute_line "c-000001.mpt"
+    refute_line "c-000002.mpt"
+    assert_line "c-000003.mpt"
+    assert_line "c-000004.mpt"
+    cmp "$TMP/c.mpt" "$TMP/c-000004.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/three.mpt" --steps 3 "$TMP/b.mpt"
+    cmp "$TMP/three.mpt" "$TMP/c-000003.mpt"
+    # no temporary files left behind
+    run bash -c "ls -a '$TMP' | grep '^\.c\.mpt'"
+    assert_failure
+}
+
+@test "SIGTERM during training: the step finishes, the checkpoint is saved, exit 0, resume is exact" {
+    batches
+    init -o "$TMP/a.mpt"
+    cp "$TMP/a.mpt" "$TMP/r.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/a.mpt" "$TMP/b.mpt"
+    mkfifo "$TMP/fifo"
+    "$BIN/dino-step" train --ckpt "$TMP/r.mpt" --save-every 0 --log "$TMP/log" --log-every 1 \
+        "$TMP/fifo" 2> "$TMP/err" &
+    pid=$!
+    # the producer sends 2 batches and then stalls, as a slow pipeline would
+    exec 5> "$TMP/fifo"
+    cat "$TMP/b1.mpt" >&5
+    for i in $(seq 200); do [ "$(wc -l < "$TMP/log" 2>/dev/null)" = 2 ] && break; sleep 0.1; done
+    kill -TERM $pid
+    rc=0; wait $pid || rc=$?
+    exec 5>&-
+    [ "$rc" -eq 0 ]
+    run meta "$TMP/r.mpt" step
+    assert_output "2"
+    "$BIN/dino-step" train --ckpt "$TMP/r.mpt" "$TMP/b2.mpt"
+    cmp "$TMP/a.mpt" "$TMP/r.mpt"
+}
+
+@test "SIGUSR1 saves and training goes on" {
+    batches
+    init -o "$TMP/r.mpt"
+    mkfifo "$TMP/fifo"
+    "$BIN/dino-step" train --ckpt "$TMP/r.mpt" --save-every 0 --log "$TMP/log" --log-every 1 \
+        "$TMP/fifo" &
+    pid=$!
+    exec 5> "$TMP/fifo"
+    cat "$TMP/b1.mpt" >&5
+    for i in $(seq 200); do [ "$(wc -l < "$TMP/log" 2>/dev/null)" = 2 ] && break; sleep 0.1; done
+    kill -USR1 $pid
+    for i in $(seq 200); do [ "$(meta "$TMP/r.mpt" step)" = 2 ] && break; sleep 0.1; done
+    run meta "$TMP/r.mpt" step
+    assert_output "2"
+    kill -0 $pid
+    cat "$TMP/b2.mpt" >&5
+    exec 5>&-
+    wait $pid
+    run meta "$TMP/r.mpt" step
+    assert_output "4"
+}
+
+@test "kill -9 at any moment leaves a valid checkpoint" {
+    batches
+    init --out-dim 2048 -o "$TMP/c.mpt"
+    for i in 1 2 3 4 5 6 7 8; do cat "$TMP/b.mpt"; done > "$TMP/many.mpt"
+    for delay in 0.05 0.15 0.3 0.5; do
+        "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --save-every 1 "$TMP/many.mpt" &
+        pid=$!
+        sleep $delay
+        kill -9 $pid 2>/dev/null || true
+        wait $pid || true
+        run $PY "$TOOL" count "$TMP/c.mpt"
+        assert_output "1"
+        run meta "$TMP/c.mpt" step
+        assert_output --regexp "^[0-9]+$"
+    done
+    # and it still trains
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --steps 1 "$TMP/b1.mpt"
+}
+
+@test "a truncated stream is an error; the steps done are saved, nothing else" {
+    batches
+    init -o "$TMP/c.mpt"
+    cp "$TMP/c.mpt" "$TMP/two.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/two.mpt" "$TMP/b1.mpt"
+    size=$(stat -c %s "$TMP/b1.mpt")
+    head -c $((size + 1000)) "$TMP/b.mpt" > "$TMP/trunc.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --save-every 0 "$TMP/trunc.mpt"
+    assert_failure 1
+    assert_output --partial "dino-step: $TMP/trunc.mpt: message 3: truncated"
+    cmp "$TMP/c.mpt" "$TMP/two.mpt"
+    # garbage: nothing done, the checkpoint is untouched
+    cp "$TMP/c.mpt" "$TMP/before.mpt"
+    printf '\xc1garbage' > "$TMP/junk.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/junk.mpt"
+    assert_failure 1
+    assert_output --partial "malformed msgpack"
+    cmp "$TMP/c.mpt" "$TMP/before.mpt"
+}
+
+@test "bad batches: NaN input, wrong batch size, a non-finite loss keeps the last checkpoint" {
+    batches
+    init -o "$TMP/c.mpt"
+    cp "$TMP/c.mpt" "$TMP/before.mpt"
+    $PY "$TOOL" badbatch "$TMP/b.mpt" "$TMP/nan.mpt" nan
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/nan.mpt"
+    assert_failure 1
+    assert_output --partial "element 0 is not finite"
+    $PY "$TOOL" badbatch "$TMP/b.mpt" "$TMP/bs.mpt" bsize
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/bs.mpt"
+    assert_failure 1
+    assert_output --partial "batch of 3 samples, the run's batch_size_per_gpu is 2"
+    cmp "$TMP/c.mpt" "$TMP/before.mpt"
+    # crops far larger than the model's native size are refused before sizing the trainer
+    init --patch-size 4 --img-size 4 -o "$TMP/small.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/small.mpt" "$TMP/b.mpt"
+    assert_failure 1
+    assert_output --partial "crop sizes 32 and 16: more than 4 times the model's img_size 4"
+    # two good steps saved, then a batch whose loss overflows: exit 1, the save stays
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/b1.mpt"
+    cp "$TMP/c.mpt" "$TMP/good.mpt"
+    $PY "$TOOL" badbatch "$TMP/b.mpt" "$TMP/huge.mpt" huge
+    cat "$TMP/b2.mpt" "$TMP/huge.mpt" > "$TMP/then-huge.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --save-every 0 "$TMP/then-huge.mpt"
+    assert_failure 1
+    assert_output --regexp "loss is -?(nan|inf)"
+    assert_output --partial "(step 2) is kept"
+    cmp "$TMP/c.mpt" "$TMP/good.mpt"
+}
+
+@test "--collapse-check warns about a teacher with uniform output, not about a healthy one" {
+    batches
+    init -o "$TMP/c.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --collapse-check --collapse-window 2 "$TMP/b.mpt"
+    assert_success
+    refute_output --partial "collapse"
+    init -o "$TMP/d.mpt"
+    $PY "$TOOL" collapse "$TMP/d.mpt" "$TMP/flat.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/flat.mpt" --collapse-check --collapse-window 2 "$TMP/b.mpt"
+    assert_success
+    assert_output --partial "dino-step: step 2: collapse? the teacher output has been uniform for 2 steps"
+}
+
+@test "--device: auto and cpu train, cuda is refused clearly" {
+    batches
+    init -o "$TMP/c.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device cuda "$TMP/b1.mpt"
+    assert_failure 1
+    assert_output "dino-step: --device cuda: the CUDA backend is not built yet; use --device cpu"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device tpu "$TMP/b1.mpt"
+    assert_failure 2
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device cpu "$TMP/b1.mpt"
+    run meta "$TMP/c.mpt" step
+    assert_output "2"
+}
