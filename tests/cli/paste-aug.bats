@@ -41,7 +41,8 @@ print(m['kind'], m['meta']['updates'], m['meta']['momentum'], ' '.join('%.12g' %
     "$BIN/paste-aug" bank init --classes 19 --seed 4 -o "$TMP/r2.mpt"
     "$BIN/paste-aug" bank init --classes 19 --seed 5 -o "$TMP/r3.mpt"
     cmp "$TMP/r1.mpt" "$TMP/r2.mpt"
-    ! cmp -s "$TMP/r1.mpt" "$TMP/r3.mpt"
+    run cmp -s "$TMP/r1.mpt" "$TMP/r3.mpt"
+    assert_failure
     run "$PY" -c "
 import msgpack, numpy as np
 c = np.frombuffer(msgpack.unpackb(open('$TMP/r1.mpt','rb').read())['tensors']['confidence']['data'], '<f8')
@@ -132,7 +133,8 @@ print('bank 2 0.9 ' + ' '.join('%.12g' % v for v in c))"
         "$BIN/paste-aug" $op --bank "$TMP/bank.mpt" --input "$TMP/in.mpt" --seed 7 --threads 3 -o "$TMP/b.mpt"
         "$BIN/paste-aug" $op --bank "$TMP/bank.mpt" --input "$TMP/in.mpt" --seed 8 --threads 2 -o "$TMP/c.mpt"
         cmp "$TMP/a.mpt" "$TMP/b.mpt"
-        ! cmp -s "$TMP/a.mpt" "$TMP/c.mpt"
+        run cmp -s "$TMP/a.mpt" "$TMP/c.mpt"
+        assert_failure
     done
 }
 
