@@ -812,6 +812,20 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
     return be->sync(be, err);
 }
 
+int dino_trainer_features(dino_trainer *t, dino_role r, float *const *views, float *feat,
+                          gd_err *err)
+{
+    if (r != DINO_STUDENT && r != DINO_TEACHER)
+        return gd_errf(err, "features: only the student or the teacher");
+    int D = t->mc.embed_dim, B = t->B;
+    for (int i = 0; i < t->ntg; i++)
+        group_fwd(t, &t->tg[i], i, &t->w[r], views,
+                  t->tfeat + (size_t)t->tg[i].first_view * B * D, false, 0);
+    if (t->be->download(t->be, feat, t->tfeat, (size_t)2 * B * D, err))
+        return -1;
+    return t->be->sync(t->be, err);
+}
+
 int dino_trainer_outputs(dino_trainer *t, float *student, float *teacher, gd_err *err)
 {
     size_t K = t->mc.out_dim;

@@ -129,6 +129,13 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
  * teacher's [2 B, out_dim], downloaded. */
 int dino_trainer_outputs(dino_trainer *t, float *student, float *teacher, gd_err *err);
 
+/* Backbone features (the final-norm CLS token, as DINO's k-NN evaluation
+ * takes them) of the student's or the teacher's weights, without drop
+ * path, on the two global views (device [B, in_chans, res0, res0] each):
+ * feat (host) gets [2 B, embed_dim], view 0's rows first. */
+int dino_trainer_features(dino_trainer *t, dino_role r, float *const *views, float *feat,
+                          gd_err *err);
+
 /* The per-parameter AdamW step counts, in table order (dino_trainer_params):
  * state that lives on the host, read and set by checkpoints so that a
  * resumed run continues bit for bit. */

@@ -13,6 +13,8 @@
 
 #include "cli.h"
 #include "halfprec.h"
+#include "multicrop.h"
+#include "raster.h"
 
 /* ---- configuration --------------------------------------------------------- */
 
@@ -59,6 +61,9 @@ int run_config_set_stats(run_config *c, const msg *stats, gd_err *err)
     if (!c->mean || !c->std || !c->bands)
         return gd_errf(err, "out of memory");
     c->nstats = n;
+    c->stats_scale = value_float(&stats->meta, "scale", 1.0);
+    if (!(c->stats_scale > 0 && isfinite(c->stats_scale)))
+        c->stats_scale = 1.0;
     memcpy(c->mean, mean->data, n * sizeof(double));
     memcpy(c->std, std->data, n * sizeof(double));
     const value *names = value_get(&stats->meta, "bands");
@@ -156,7 +161,8 @@ int run_config_to_meta(const run_config *c, value *meta, gd_err *err)
         value *st = value_set_map(meta, "stats");
         ok = st && value_set_strs(st, "bands", (const char *const *)c->bands, c->nstats) &&
              value_set_floats(st, "mean", c->mean, c->nstats) &&
-             value_set_floats(st, "std", c->std, c->nstats);
+             value_set_floats(st, "std", c->std, c->nstats) &&
+             value_set_float(st, "scale", c->stats_scale);
     }
     return ok ? 0 : gd_errf(err, "out of memory");
 }
@@ -253,6 +259,13 @@ int run_config_from_meta(run_config *c, const value *meta, gd_err *err)
                 return gd_errf(err, "out of memory");
         if (get_doubles(st, "mean", c->mean, n, err) || get_doubles(st, "std", c->std, n, err))
             return -1;
+        c->stats_scale = value_float(st, "scale", 1.0);
+        if (!(c->stats_scale > 0 && isfinite(c->stats_scale)))
+            return gd_errf(err, "meta stats/scale: %g is not a positive number", c->stats_scale);
+        for (int i = 0; i < n; i++)
+            if (!(c->std[i] > 0) || !isfinite(c->mean[i]))
+                return gd_errf(err, "meta stats: band %d: std %g, mean %g", i + 1, c->std[i],
+                               c->mean[i]);
     }
     return 0;
 }
@@ -414,9 +427,9 @@ msg *checkpoint_build(dino_trainer *t, const run_config *c, long step, gd_err *e
     for (int i = 0; ok && i < np; i++)
         ok = value_push(&steps, (value){.type = V_INT, .u.i = as[i]}) != NULL;
     ok = ok && value_set(meta, "adam_steps", steps);
-    value *rng = ok ? value_set_map(meta, "rng") : NULL;
-    ok = ok && rng && value_set_str(rng, "algorithm", "xoshiro256** streams (seed, 0xd409 + step, ...)") &&
-         value_set_int(rng, "seed", (int64_t)c->seed) && value_set_int(rng, "drop_path_stream", step);
+    value *rngm = ok ? value_set_map(meta, "rng") : NULL;
+    ok = ok && rngm && value_set_str(rngm, "algorithm", "xoshiro256** streams (seed, 0xd409 + step, ...)") &&
+         value_set_int(rngm, "seed", (int64_t)c->seed) && value_set_int(rngm, "drop_path_stream", step);
     if (!ok) {
         msg_free(m);
         return gd_errf(err, "out of memory"), NULL;
@@ -610,4 +623,43 @@ int step_metrics_compute(gd_backend *be, dino_trainer *t, const run_config *c, c
     mx->grad_norm_last_layer = sqrt(ll);
     mx->grad_norm_total = sqrt(bb + hd + ll);
     return 0;
+}
+
+/* ---- embedding --------------------------------------------------------------- */
+
+int embed_tile(const run_config *c, const char *path, int *size, float *out, gd_err *err)
+{
+    if (!c->nstats)
+        return gd_errf(err, "the checkpoint holds no stats (init --stats); give --stats");
+    raster r;
+    if (raster_read(path, NULL, &r, err))
+        return -1;
+    int rc = 0, C = c->model.in_chans, p = c->model.patch;
+    int s = (r.height < r.width ? r.height : r.width) / p * p;
+    if (r.bands != C || r.bands != c->nstats)
+        rc = gd_errf(err, "%s: %d bands, the model has %d", path, r.bands, C);
+    else if (s < p)
+        rc = gd_errf(err, "%s: %dx%d is smaller than a patch (%d)", path, r.width, r.height, p);
+    else if (*size > 0 && s != *size)
+        rc = gd_errf(err, "%s: gives %d px crops, the first tile %d (tiles must agree)", path, s,
+                     *size);
+    if (rc == 0 && out) {
+        float mean[4096];
+        for (int b = 0; b < C; b++)
+            mean[b] = (float)c->mean[b];
+        size_t npix = (size_t)r.height * r.width;
+        mc_prepare(r.data, r.valid, C, npix, c->stats_scale, mean);
+        int y0 = (r.height - s) / 2, x0 = (r.width - s) / 2;
+        for (int b = 0; b < C; b++) {
+            float m = mean[b], sd = (float)c->std[b];
+            for (int y = 0; y < s; y++)
+                for (int x = 0; x < s; x++)
+                    out[((size_t)b * s + y) * s + x] =
+                        (r.data[(size_t)b * npix + (size_t)(y0 + y) * r.width + x0 + x] - m) / sd;
+        }
+    }
+    if (rc == 0)
+        *size = s;
+    raster_free(&r);
+    return rc;
 }

@@ -10,7 +10,7 @@
  *   meta     tool, version, step (iterations done), epoch (step / iters per
  *            epoch), config (map, below), adam_steps (per-parameter AdamW
  *            step counts, table order), rng (map: algorithm, seed,
- *            drop_path_stream), stats (map: bands, mean, std; when known) */
+ *            drop_path_stream), stats (map: bands, mean, std, scale; when known) */
 #ifndef GD_TRAINER_H
 #define GD_TRAINER_H
 
@@ -34,6 +34,7 @@ typedef struct run_config {
     uint64_t seed;
     /* normalisation of the training data (tif-stats), for embed */
     int nstats;                   /* bands; 0 when unknown */
+    double stats_scale;           /* raw values are divided by it before normalizing */
     double *mean, *std;
     char **bands;
 } run_config;
@@ -96,5 +97,12 @@ typedef struct step_metrics {
 /* center_before: the center the step's loss used ([out_dim], host). */
 int step_metrics_compute(gd_backend *be, dino_trainer *t, const run_config *c, const float *center_before,
                          double temp, double loss, bool grads, step_metrics *mx, gd_err *err);
+
+/* A whole tile for embedding: read, scaled and normalized with the run's
+ * stats (invalid pixels become 0, as in multicrop), then the centred
+ * square of side *size (the largest multiple of the patch that fits) into
+ * out [in_chans, size, size]; with *size > 0 on entry the tile must give
+ * that size.  out may be NULL to learn the size. */
+int embed_tile(const run_config *c, const char *path, int *size, float *out, gd_err *err);
 
 #endif

@@ -3,10 +3,12 @@
  *   dino-step init  [model and training options] -o ckpt.mpt
  *   dino-step train --ckpt ckpt.mpt [--steps N] [BATCHES]        (stdin, file, FIFO)
  *   dino-step serve --ckpt ckpt.mpt --socket PATH                (Unix socket, many producers)
+ *   dino-step embed --ckpt ckpt.mpt [--list FILE] [ROOT...]      (features for knn-eval)
  *
  * The numerical work is libcommon/dino.c on the backend seam; checkpoints,
  * configuration and metrics are libcommon/trainer.c.  This file parses
  * arguments, moves messages between threads and handles signals. */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -22,6 +25,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "io.h"
 #include "json.h"
 #include "msg.h"
 #include "trainer.h"
@@ -1023,6 +1027,315 @@ static int cmd_serve(int argc, char **argv)
     return 0;
 }
 
+
+/* ======================================================================
+ * embed: backbone features of whole tiles, for knn-eval
+ * ====================================================================== */
+
+typedef struct sample {
+    char *path, *label;
+} sample;
+
+typedef struct samples {
+    sample *s;
+    size_t n, cap;
+} samples;
+
+static void add_sample(samples *ss, const char *path, const char *label)
+{
+    if (ss->n == ss->cap) {
+        size_t cap = ss->cap ? 2 * ss->cap : 64;
+        sample *g = realloc(ss->s, cap * sizeof *g);
+        if (!g)
+            cli_fail("out of memory");
+        ss->s = g, ss->cap = cap;
+    }
+    sample *x = &ss->s[ss->n++];
+    x->path = strdup(path);
+    x->label = label ? strdup(label) : NULL;
+    if (!x->path || (label && !x->label))
+        cli_fail("out of memory");
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool is_tiff_name(const char *n)
+{
+    size_t l = strlen(n);
+    return (l > 4 && !strcasecmp(n + l - 4, ".tif")) || (l > 5 && !strcasecmp(n + l - 5, ".tiff"));
+}
+
+/* Sorted names in a directory: sub-directories (dirs) or TIFF files. */
+static size_t list_dir(const char *dir, bool dirs, char ***out)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        cli_fail("%s: %s", dir, strerror(errno));
+    char **v = NULL;
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (stat(p, &st) < 0)
+            continue;
+        if (dirs ? !S_ISDIR(st.st_mode) : !(S_ISREG(st.st_mode) && is_tiff_name(e->d_name)))
+            continue;
+        char **g = realloc(v, (n + 1) * sizeof *v);
+        if (!g || !(g[n] = strdup(e->d_name)))
+            cli_fail("out of memory");
+        v = g;
+        n++;
+    }
+    closedir(d);
+    if (n)
+        qsort(v, n, sizeof *v, cmp_str);
+    *out = v;
+    return n;
+}
+
+/* ImageFolder: root/<class>/<tile>.tif, classes in name order. */
+static void add_image_folder(samples *ss, const char *root)
+{
+    char **cls;
+    size_t nc = list_dir(root, true, &cls);
+    if (nc == 0)
+        cli_fail("%s: no class sub-directories (ImageFolder layout: ROOT/CLASS/TILE.tif)", root);
+    for (size_t i = 0; i < nc; i++) {
+        char d[4096];
+        snprintf(d, sizeof d, "%s/%s", root, cls[i]);
+        char **files;
+        size_t nf = list_dir(d, false, &files);
+        for (size_t k = 0; k < nf; k++) {
+            char p[8192];
+            snprintf(p, sizeof p, "%s/%s", d, files[k]);
+            add_sample(ss, p, cls[i]);
+            free(files[k]);
+        }
+        free(files);
+        free(cls[i]);
+    }
+    free(cls);
+}
+
+static void read_label_list(samples *ss, const char *list)
+{
+    char **lines = NULL;
+    size_t n = 0;
+    gd_err err;
+    if (read_lines(list, &lines, &n, &err) < 0)
+        cli_fail("%s", err.msg);
+    for (size_t i = 0; i < n; i++) {
+        char *sp = strrchr(lines[i], ' '), *tab = strrchr(lines[i], '\t');
+        if (tab > sp)
+            sp = tab;
+        if (!sp)
+            cli_fail("%s: \"%s\": expected \"PATH LABEL\"", list, lines[i]);
+        *sp = 0;
+        char *path = lines[i];
+        size_t l = strlen(path);
+        while (l && (path[l - 1] == ' ' || path[l - 1] == '\t'))
+            path[--l] = 0;
+        if (!*path)
+            cli_fail("%s: \"%s\": expected \"PATH LABEL\"", list, sp + 1);
+        add_sample(ss, path, sp + 1);
+    }
+    free_lines(lines, n);
+}
+
+static bool all_ints(const samples *ss)
+{
+    for (size_t i = 0; i < ss->n; i++) {
+        char *end;
+        errno = 0;
+        long v = strtol(ss->s[i].label, &end, 10);
+        if (errno || end == ss->s[i].label || *end || v < 0 || v > (1L << 30))
+            return false;
+    }
+    return true;
+}
+
+static void usage_embed(void)
+{
+    printf("Usage: dino-step embed --ckpt CKPT.mpt [OPTION]... [ROOT|TILE]...\n"
+           "Backbone features (the CLS token after the final norm, as DINO's k-NN\n"
+           "evaluation) of whole tiles, as a `features` message for knn-eval.  Tiles are\n"
+           "normalized with the stats the run was initialised with, then centre-cropped to\n"
+           "the largest square that is a multiple of the patch size (all tiles must agree).\n"
+           "Labels: --list lines \"PATH LABEL\", or ImageFolder roots (ROOT/CLASS/*.tif, classes\n"
+           "in name order); a TILE argument has no class (label 0, class \"unlabeled\").\n"
+           "Integer labels are kept as they are; names become indices in sorted order.\n\n"
+           "  --ckpt FILE              the checkpoint\n"
+           "  --which teacher|student  whose backbone (default teacher, as DINO evaluates)\n"
+           "  --list FILE              \"PATH LABEL\" lines\n"
+           "  --stats FILE             normalize with this stats message instead\n"
+           "  --batch-size N           tiles per forward pass, even (default 4)\n"
+           "  -o, --output FILE        the features message (default: standard output)\n"
+           "  --device auto|cpu|cuda\n"
+           "  -h, --help, --version\n");
+}
+
+static int cmd_embed(int argc, char **argv)
+{
+    enum { E_CKPT = 400, E_WHICH, E_LIST, E_STATS, E_BS, E_DEV, E_VERSION };
+    static const struct option longs[] = {
+        {"ckpt", 1, 0, E_CKPT}, {"which", 1, 0, E_WHICH}, {"list", 1, 0, E_LIST},
+        {"stats", 1, 0, E_STATS}, {"batch-size", 1, 0, E_BS}, {"output", 1, 0, 'o'},
+        {"device", 1, 0, E_DEV}, {"help", 0, 0, 'h'}, {"version", 0, 0, E_VERSION}, {0, 0, 0, 0}};
+    const char *ckpt = NULL, *list = NULL, *stats = NULL, *out = "-", *device = "auto";
+    dino_role role = DINO_TEACHER;
+    long bs = 4;
+    int o;
+    while ((o = getopt_long(argc, argv, "o:h", longs, NULL)) != -1) {
+        switch (o) {
+        case E_CKPT: ckpt = optarg; break;
+        case E_WHICH:
+            if (!strcmp(optarg, "teacher"))
+                role = DINO_TEACHER;
+            else if (!strcmp(optarg, "student"))
+                role = DINO_STUDENT;
+            else
+                cli_usage("--which: '%s' is not teacher or student", optarg);
+            break;
+        case E_LIST: list = optarg; break;
+        case E_STATS: stats = optarg; break;
+        case E_BS: bs = cli_long("--batch-size", optarg, 2, 4096); break;
+        case 'o': out = optarg; break;
+        case E_DEV: device = optarg; break;
+        case 'h': usage_embed(); exit(0);
+        case E_VERSION: cli_print_version(); exit(0);
+        default: cli_usage("unknown option");
+        }
+    }
+    if (!ckpt)
+        cli_usage("embed: --ckpt CKPT.mpt is required");
+    if (bs % 2)
+        cli_usage("--batch-size: %ld is odd", bs);
+    gd_backend *be = pick_device(device);
+    samples ss = {0};
+    if (list)
+        read_label_list(&ss, list);
+    for (int i = optind; i < argc; i++) {
+        struct stat st;
+        if (stat(argv[i], &st) == 0 && S_ISDIR(st.st_mode))
+            add_image_folder(&ss, argv[i]);
+        else
+            add_sample(&ss, argv[i], "unlabeled");
+    }
+    if (ss.n == 0)
+        cli_usage("embed: no tiles (give --list, ImageFolder roots or tiles)");
+    gd_err err;
+    msg *ck = msg_read_one(ckpt, "checkpoint", &err);
+    if (!ck)
+        cli_fail("%s", err.msg);
+    run_config cfg;
+    if (run_config_from_meta(&cfg, &ck->meta, &err))
+        cli_fail("%s: %s", ckpt, err.msg);
+    if (stats) {
+        msg *sm = msg_read_one(stats, "stats", &err);
+        if (!sm || run_config_set_stats(&cfg, sm, &err))
+            cli_fail("%s: %s", stats, err.msg);
+        msg_free(sm);
+    }
+    /* labels */
+    int32_t *labels = malloc(ss.n * sizeof *labels);
+    char **names = malloc(ss.n * sizeof *names);
+    if (!labels || !names)
+        cli_fail("out of memory");
+    size_t nclasses = 0;
+    bool ints = all_ints(&ss);
+    if (ints) {
+        for (size_t i = 0; i < ss.n; i++)
+            labels[i] = (int32_t)strtol(ss.s[i].label, NULL, 10);
+    } else {
+        for (size_t i = 0; i < ss.n; i++)
+            names[i] = ss.s[i].label;
+        qsort(names, ss.n, sizeof *names, cmp_str);
+        for (size_t i = 0; i < ss.n; i++)
+            if (nclasses == 0 || strcmp(names[nclasses - 1], names[i]))
+                names[nclasses++] = names[i];
+        for (size_t i = 0; i < ss.n; i++) {
+            char **f = bsearch(&ss.s[i].label, names, nclasses, sizeof *names, cmp_str);
+            labels[i] = (int32_t)(f - names);
+        }
+    }
+    /* the first tile fixes the crop size */
+    int size = 0;
+    if (embed_tile(&cfg, ss.s[0].path, &size, NULL, &err))
+        cli_fail("%s", err.msg);
+    int B = (int)(bs / 2), C = cfg.model.in_chans, D = cfg.model.embed_dim;
+    batch_shape shape = {.B = B, .G = 2, .L = 0, .C = C, .H = size, .h = 0};
+    dino_trainer *t = run_trainer_new(be, &cfg, &shape, &err);
+    if (!t)
+        cli_fail("embed: %s", err.msg);
+    if (dino_trainer_load(t, role, ck, dino_role_prefix(role), &err))
+        cli_fail("%s: %s", ckpt, err.msg);
+    msg_free(ck);
+    views v;
+    if (views_init(&v, be, &shape, &err))
+        cli_fail("%s", err.msg);
+    msg *fm = msg_new("features");
+    tensor *ft = fm ? msg_add_tensor(fm, "features", DT_F4, 2, (int64_t[]){(int64_t)ss.n, D}) : NULL;
+    if (!ft)
+        cli_fail("out of memory for %zu x %d features", ss.n, D);
+    float *feat = ft->data;
+    size_t img = (size_t)C * size * size;
+    float *tile = malloc(img * sizeof *tile), *fbuf = malloc((size_t)2 * B * D * sizeof *fbuf);
+    if (!tile || !fbuf)
+        cli_fail("out of memory");
+    for (size_t first = 0; first < ss.n; first += 2 * (size_t)B) {
+        for (int k = 0; k < 2 * B; k++) {
+            size_t i = first + k;
+            if (i < ss.n) {
+                if (embed_tile(&cfg, ss.s[i].path, &size, tile, &err))
+                    cli_fail("%s", err.msg);
+            } else {
+                memset(tile, 0, img * sizeof *tile);
+            }
+            if (be->upload(be, v.dev[k / B] + (size_t)(k % B) * img, tile, img, &err))
+                cli_fail("%s", err.msg);
+        }
+        if (dino_trainer_features(t, role, v.dev, fbuf, &err))
+            cli_fail("embed: %s", err.msg);
+        size_t rows = ss.n - first < 2 * (size_t)B ? ss.n - first : 2 * (size_t)B;
+        memcpy(feat + first * D, fbuf, rows * D * sizeof *feat);
+    }
+    if (!msg_add_tensor_copy(fm, "labels", DT_I4, 1, (int64_t[]){(int64_t)ss.n}, labels))
+        cli_fail("out of memory");
+    const char **files = malloc(ss.n * sizeof *files);
+    if (!files)
+        cli_fail("out of memory");
+    for (size_t i = 0; i < ss.n; i++)
+        files[i] = ss.s[i].path;
+    value *meta = &fm->meta;
+    bool ok = value_set_str(meta, "tool", "dino-step embed") &&
+              value_set_str(meta, "version", GEODINO_VERSION) &&
+              value_set_str(meta, "checkpoint", ckpt) &&
+              value_set_str(meta, "which", role == DINO_TEACHER ? "teacher" : "student") &&
+              value_set_int(meta, "size", size) && value_set_strs(meta, "files", files, ss.n);
+    if (ok && !ints)
+        ok = value_set_strs(meta, "classes", (const char *const *)names, nclasses) != NULL;
+    if (!ok)
+        cli_fail("out of memory");
+    if (msg_write_file(out, &fm, 1, &err))
+        cli_fail("%s", err.msg);
+    msg_free(fm);
+    free(files), free(tile), free(fbuf), free(labels), free(names);
+    for (size_t i = 0; i < ss.n; i++)
+        free(ss.s[i].path), free(ss.s[i].label);
+    free(ss.s);
+    views_free(&v);
+    dino_trainer_free(t);
+    run_config_free(&cfg);
+    return 0;
+}
+
 /* ======================================================================
  * main
  * ====================================================================== */
@@ -1033,7 +1346,8 @@ static void usage(void)
            "DINO self-supervised training of a ViT on multispectral crops.\n\n"
            "  init    a fresh checkpoint holding the whole configuration\n"
            "  train   train from `batch` messages on standard input, a file or a FIFO\n"
-           "  serve   train from batches sent to a Unix-domain socket by several producers\n\n"
+           "  serve   train from batches sent to a Unix-domain socket by several producers\n"
+           "  embed   backbone features of whole tiles, for knn-eval\n\n"
            "'dino-step COMMAND --help' lists a command's options.  Exit status: 0 ok,\n"
            "1 runtime error, 2 usage error.\n");
 }
@@ -1042,7 +1356,7 @@ int main(int argc, char **argv)
 {
     cli_init("dino-step");
     if (argc < 2)
-        cli_usage("a command is required (init, train, serve)");
+        cli_usage("a command is required (init, train, serve, embed)");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {
         usage();
@@ -1059,5 +1373,7 @@ int main(int argc, char **argv)
         return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve"))
         return cmd_serve(argc - 1, argv + 1);
-    cli_usage("unknown command '%s' (init, train, serve)", cmd);
+    if (!strcmp(cmd, "embed"))
+        return cmd_embed(argc - 1, argv + 1);
+    cli_usage("unknown command '%s' (init, train, serve, embed)", cmd);
 }

@@ -14,7 +14,11 @@ geodino's C code (msgpack + numpy only).
   send SOCK FILE...             sends the files' bytes to a Unix socket, prints replies as JSON
   control SOCK CMD              one control message, prints the reply as JSON
   raw SOCK HEXBYTES             sends raw bytes, prints the replies as JSON
+  vit CKPT ROLE TILE...         CLS features of a float64 numpy ViT (timm's, DINO's eval:
+                                the final norm's CLS token) of GDAL-read tiles, normalized
+                                and centre-cropped as dino-step embed documents; JSON
 """
+import math
 import json
 import socket
 import sys
@@ -75,6 +79,52 @@ def sendall(s, data):
         s.shutdown(socket.SHUT_WR)
     except OSError:
         pass
+
+
+def layernorm(x, w, b, eps):
+    m = x.mean(-1, keepdims=True)
+    v = ((x - m) ** 2).mean(-1, keepdims=True)
+    return (x - m) / np.sqrt(v + eps) * w + b
+
+
+def vit_features(ck, role, tiles):
+    from osgeo import gdal
+    meta, t = ck["meta"], ck["tensors"]
+    cfg, st = meta["config"], meta["stats"]
+    P = lambda k: arr(t[role + "/" + k]).astype(np.float64)
+    p, D, H = cfg["patch_size"], cfg["embed_dim"], cfg["num_heads"]
+    erf = np.vectorize(math.erf)
+    out = []
+    for path in tiles:
+        x = gdal.Open(path).ReadAsArray().astype(np.float64) / st.get("scale", 1.0)
+        x = (x - np.array(st["mean"])[:, None, None]) / np.array(st["std"])[:, None, None]
+        C, h, w = x.shape
+        s = min(h, w) // p * p
+        y0, x0 = (h - s) // 2, (w - s) // 2
+        x = x[:, y0:y0 + s, x0:x0 + s]
+        g = s // p
+        patches = x.reshape(C, g, p, g, p).transpose(1, 3, 0, 2, 4).reshape(g * g, C * p * p)
+        W = P("backbone/patch_embed/proj/weight").reshape(D, -1)
+        z = patches @ W.T + P("backbone/patch_embed/proj/bias")
+        z = np.concatenate([P("backbone/cls_token").reshape(1, D), z]) + P("backbone/pos_embed")[0]
+        T, hd = z.shape[0], D // H
+        for i in range(cfg["depth"]):
+            B = lambda k: P("backbone/blocks/%d/%s" % (i, k))
+            y = layernorm(z, B("norm1/weight"), B("norm1/bias"), cfg["ln_eps"])
+            qkv = (y @ B("attn/qkv/weight").T + B("attn/qkv/bias")).reshape(T, 3, H, hd)
+            q, k, v = (qkv[:, j].transpose(1, 0, 2) for j in range(3))
+            a = q @ k.transpose(0, 2, 1) * hd ** -0.5
+            a = np.exp(a - a.max(-1, keepdims=True))
+            a /= a.sum(-1, keepdims=True)
+            o = (a @ v).transpose(1, 0, 2).reshape(T, D)
+            z = z + o @ B("attn/proj/weight").T + B("attn/proj/bias")
+            y = layernorm(z, B("norm2/weight"), B("norm2/bias"), cfg["ln_eps"])
+            y = y @ B("mlp/fc1/weight").T + B("mlp/fc1/bias")
+            y = y * 0.5 * (1 + erf(y / math.sqrt(2)))
+            z = z + y @ B("mlp/fc2/weight").T + B("mlp/fc2/bias")
+        z = layernorm(z, P("backbone/norm/weight"), P("backbone/norm/bias"), cfg["ln_eps"])
+        out.append(z[0].tolist())
+    return out
 
 
 def main():
@@ -159,6 +209,8 @@ def main():
         s = connect(a[0])
         sendall(s, bytes.fromhex(a[1]))
         replies(s)
+    elif cmd == "vit":
+        print(json.dumps(vit_features(one(a[0]), a[1], a[2:])))
     else:
         sys.exit("unknown command " + cmd)
 
