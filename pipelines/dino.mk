@@ -70,7 +70,7 @@ LOCAL_SIZE    ?= 12
 LOCAL_CROPS   ?= 4
 GLOBAL_SCALE  ?= 0.5 1
 LOCAL_SCALE   ?= 0.2 0.5
-AUG           ?= --collapse-prob 0 0 0 --blur-prob 0.5 0.1 0.2 --blur-sigma 0.1 1 --solarize-prob 0 0 0
+AUG           ?= --collapse-prob 0 0 0 --blur-prob 0.5 0.1 0.2 --blur-sigma 0.1 1 --solarize-prob 0 0 0 --ssr-prob 1 --ssr-rotate 180 --ssr-shift 0.1 --ssr-scale 0
 INIT_EXTRA    ?=
 # Evaluation.
 KNN_EVERY     ?= 2
@@ -134,6 +134,7 @@ $(RUN)/ckpt/epoch-000.mpt: $(RUN)/stats.mpt
 define EPOCH_RULE
 $(RUN)/ckpt/epoch-$(2).mpt: $(RUN)/ckpt/epoch-$(1).mpt
 	@mkdir -p $(RUN)/log
+	rm -f $(RUN)/log/epoch-$(2).jsonl.tmp
 	cp $$< $$@.tmp
 	$(BIN)/multicrop --quiet --stats $(RUN)/stats.mpt --list $(RUN)/train-paths.txt --epochs 1 \
 	  --batch-size $(BATCH) --drop-last --seed $$$$(( $(SEED) * 1000 + 10#$(2) )) $(call opt,--threads,$(THREADS)) \
