@@ -329,6 +329,11 @@ int batch_check(const run_config *c, const batch_shape *s, gd_err *err)
     if (s->C != c->model.in_chans)
         return gd_errf(err, "batch with %d bands, the model has in_chans %d", s->C,
                        c->model.in_chans);
+    /* activations grow with the fourth power of the crop size: a sane
+     * bound before a batch from an untrusted client sizes the trainer */
+    if (s->H > 4 * c->model.img_size || s->h > 4 * c->model.img_size)
+        return gd_errf(err, "crop sizes %d and %d: more than 4 times the model's img_size %d", s->H,
+                       s->h, c->model.img_size);
     if (s->H % c->model.patch || (s->L && s->h % c->model.patch))
         return gd_errf(err, "crop sizes %d and %d are not multiples of the patch size %d", s->H,
                        s->h, c->model.patch);

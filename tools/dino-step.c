@@ -10,6 +10,7 @@
  * arguments, moves messages between threads and handles signals. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <pthread.h>
@@ -1336,6 +1337,165 @@ static int cmd_embed(int argc, char **argv)
     return 0;
 }
 
+
+/* ======================================================================
+ * send / control: clients of serve
+ * ====================================================================== */
+
+static void json_value(FILE *f, const value *v)
+{
+    switch (v->type) {
+    case V_NIL: fputs("null", f); break;
+    case V_BOOL: fputs(v->u.b ? "true" : "false", f); break;
+    case V_INT: fprintf(f, "%lld", (long long)v->u.i); break;
+    case V_FLOAT: json_write_number(f, v->u.f); break;
+    case V_STR: json_write_string(f, v->u.s); break;
+    case V_ARRAY:
+    case V_MAP:
+        fputc(v->type == V_MAP ? '{' : '[', f);
+        for (size_t i = 0; i < v->u.c.n; i++) {
+            fputs(i ? ", " : "", f);
+            if (v->type == V_MAP) {
+                json_write_string(f, v->u.c.keys[i]);
+                fputs(": ", f);
+            }
+            json_value(f, &v->u.c.items[i]);
+        }
+        fputc(v->type == V_MAP ? '}' : ']', f);
+        break;
+    }
+}
+
+static int connect_socket(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        cli_usage("--socket: '%s' is too long", path);
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        cli_fail("%s: %s", path, strerror(errno));
+    return fd;
+}
+
+/* Prints every reply as a JSON line; returns how many said ok false. */
+static int print_replies(int fd, const char *path)
+{
+    gd_err err;
+    msg_reader *rd = msg_reader_from_fd(fd, path, &err);
+    if (!rd)
+        cli_fail("%s", err.msg);
+    msg_reader_set_max_bytes(rd, 16 << 20);
+    int bad = 0;
+    msg *m;
+    int rc;
+    while ((rc = msg_reader_next(rd, &m, &err)) == 1) {
+        json_value(stdout, &m->meta);
+        putchar('\n');
+        bad += !value_bool(&m->meta, "ok", false);
+        msg_free(m);
+    }
+    fflush(stdout);
+    msg_reader_close(rd);
+    if (rc < 0 && !bad) /* after an error reply the server may reset the connection */
+        cli_fail("%s", err.msg);
+    return bad;
+}
+
+typedef struct pump {
+    int in, out;
+    int error;
+} pump;
+
+/* Copies standard input or a file to the socket, then half-closes it. */
+static void *pump_thread(void *arg)
+{
+    pump *p = arg;
+    char buf[1 << 16];
+    for (;;) {
+        ssize_t n = read(p->in, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            p->error = n < 0 ? errno : 0;
+            break;
+        }
+        if (write_all(p->out, buf, (size_t)n) < 0) {
+            p->error = errno;
+            break;
+        }
+    }
+    shutdown(p->out, SHUT_WR);
+    return NULL;
+}
+
+static int cmd_client(int argc, char **argv, bool control)
+{
+    enum { C_SOCKET = 500, C_VERSION };
+    static const struct option longs[] = {{"socket", 1, 0, C_SOCKET}, {"help", 0, 0, 'h'},
+                                          {"version", 0, 0, C_VERSION}, {0, 0, 0, 0}};
+    const char *path = NULL;
+    int o;
+    while ((o = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
+        switch (o) {
+        case C_SOCKET: path = optarg; break;
+        case 'h':
+            printf(control ? "Usage: dino-step control --socket PATH save|stats|stop\n"
+                             "Sends one control message to a dino-step serve and prints its reply\n"
+                             "(meta) as a JSON line.  Exit 1 when the reply says ok false.\n"
+                           : "Usage: dino-step send --socket PATH [FILE]\n"
+                             "Sends the messages of FILE (default '-', standard input) to a dino-step\n"
+                             "serve, e.g. multicrop ... | dino-step send --socket PATH, and prints the\n"
+                             "server's error replies as JSON lines.  Exit 1 on an error reply.\n");
+            exit(0);
+        case C_VERSION: cli_print_version(); exit(0);
+        default: cli_usage("unknown option");
+        }
+    }
+    if (!path)
+        cli_usage("--socket PATH is required");
+    int fd;
+    if (control) {
+        if (optind + 1 != argc)
+            cli_usage("control: one command (save, stats, stop)");
+        msg *m = msg_new("control");
+        gd_err err;
+        if (!m || !value_set_str(&m->meta, "command", argv[optind]))
+            cli_fail("out of memory");
+        fd = connect_socket(path);
+        signal(SIGPIPE, SIG_IGN);
+        if (msg_write_fd(fd, m, &err) < 0)
+            cli_fail("%s: %s", path, err.msg);
+        msg_free(m);
+        shutdown(fd, SHUT_WR);
+        int bad = print_replies(fd, path);
+        close(fd);
+        return bad ? 1 : 0;
+    }
+    const char *in = optind < argc ? argv[optind++] : "-";
+    if (optind < argc)
+        cli_usage("send: unexpected argument '%s'", argv[optind]);
+    int ifd = strcmp(in, "-") ? open(in, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
+    if (ifd < 0)
+        cli_fail("%s: %s", in, strerror(errno));
+    fd = connect_socket(path);
+    signal(SIGPIPE, SIG_IGN);
+    static pump p;
+    p = (pump){.in = ifd, .out = fd};
+    pthread_t th;
+    if (pthread_create(&th, NULL, pump_thread, &p))
+        cli_fail("cannot start a thread");
+    int bad = print_replies(fd, path);
+    pthread_join(th, NULL);
+    close(fd);
+    if (ifd != STDIN_FILENO)
+        close(ifd);
+    if (p.error && !bad)
+        cli_fail("%s: %s", p.error == EPIPE || p.error == ECONNRESET ? path : in,
+                 strerror(p.error));
+    return bad ? 1 : 0;
+}
+
 /* ======================================================================
  * main
  * ====================================================================== */
@@ -1347,7 +1507,9 @@ static void usage(void)
            "  init    a fresh checkpoint holding the whole configuration\n"
            "  train   train from `batch` messages on standard input, a file or a FIFO\n"
            "  serve   train from batches sent to a Unix-domain socket by several producers\n"
-           "  embed   backbone features of whole tiles, for knn-eval\n\n"
+           "  embed   backbone features of whole tiles, for knn-eval\n"
+           "  send    forward batches from standard input or a file to a serve socket\n"
+           "  control ask a serve for save, stats or stop\n\n"
            "'dino-step COMMAND --help' lists a command's options.  Exit status: 0 ok,\n"
            "1 runtime error, 2 usage error.\n");
 }
@@ -1375,5 +1537,9 @@ int main(int argc, char **argv)
         return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "embed"))
         return cmd_embed(argc - 1, argv + 1);
-    cli_usage("unknown command '%s' (init, train, serve, embed)", cmd);
+    if (!strcmp(cmd, "send"))
+        return cmd_client(argc - 1, argv + 1, false);
+    if (!strcmp(cmd, "control"))
+        return cmd_client(argc - 1, argv + 1, true);
+    cli_usage("unknown command '%s' (init, train, serve, embed, send, control)", cmd);
 }

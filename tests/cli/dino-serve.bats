@@ -156,3 +156,32 @@ field() { $PY -c "import json, sys; print(json.loads(sys.stdin.read())['$1'])"; 
     assert_output "4"
     [ ! -e "$SOCK" ]
 }
+
+@test "dino-step send and control: the built-in clients" {
+    prepare
+    cp "$TMP/c.mpt" "$TMP/t.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/t.mpt" < "$TMP/b.mpt"
+    serve
+    run "$BIN/dino-step" send --socket "$SOCK" < "$TMP/b.mpt"
+    assert_success
+    assert_output ""
+    run "$BIN/dino-step" control --socket "$SOCK" stats
+    assert_success
+    assert_output --regexp '^\{"command": "stats", "ok": true, "step": 4, "epoch": 1, "saved_step": 0, '
+    $PY "$TOOL" badbatch "$TMP/b.mpt" "$TMP/bs.mpt" bsize
+    run "$BIN/dino-step" send --socket "$SOCK" "$TMP/bs.mpt"
+    assert_failure 1
+    assert_output --partial '"ok": false, "error": "batch of shape B=3 G=2 L=2 C=6 H=32 h=16, the first batch was B=2'
+    run "$BIN/dino-step" control --socket "$SOCK" reboot
+    assert_failure 1
+    assert_output --partial 'unknown command \"reboot\"'
+    run "$BIN/dino-step" control --socket "$SOCK" stop
+    assert_success
+    assert_output --partial '"step": 4'
+    wait $SERVER
+    SERVER=
+    cmp "$TMP/c.mpt" "$TMP/t.mpt"
+    run "$BIN/dino-step" control --socket "$SOCK" stats
+    assert_failure 1
+    assert_output --partial "dino-step: $SOCK: No such file or directory"
+}

@@ -269,6 +269,11 @@ PY
     assert_failure 1
     assert_output --partial "batch of 3 samples, the run's batch_size_per_gpu is 2"
     cmp "$TMP/c.mpt" "$TMP/before.mpt"
+    # crops far larger than the model's native size are refused before sizing the trainer
+    init --patch-size 4 --img-size 4 -o "$TMP/small.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/small.mpt" "$TMP/b.mpt"
+    assert_failure 1
+    assert_output --partial "crop sizes 32 and 16: more than 4 times the model's img_size 4"
     # two good steps saved, then a batch whose loss overflows: exit 1, the save stays
     "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/b1.mpt"
     cp "$TMP/c.mpt" "$TMP/good.mpt"
