@@ -142,6 +142,8 @@ $(RUN)/ckpt/epoch-$(2).mpt: $(RUN)/ckpt/epoch-$(1).mpt
 	  --global-crops-scale $(GLOBAL_SCALE) --local-crops-scale $(LOCAL_SCALE) $(AUG) \
 	| $(BIN)/dino-step train --quiet --ckpt $$@.tmp --steps $(ITERS) --save-every 0 \
 	  --log $(RUN)/log/epoch-$(2).jsonl.tmp --log-every 1 --collapse-check
+	tail -n 1 $(RUN)/log/epoch-$(2).jsonl.tmp | grep -q "^{\"step\": $$$$(( 10#$(2) * $(ITERS) ))," \
+	  || { echo "dino.mk: epoch $(2) stopped before its $(ITERS) steps (signal?): run make again to redo it" >&2; exit 1; }
 	mv $(RUN)/log/epoch-$(2).jsonl.tmp $(RUN)/log/epoch-$(2).jsonl
 	mv $$@.tmp $$@
 endef

@@ -34,7 +34,7 @@ t0=$(date +%s)
 make -s -f pipelines/dino.mk DATA="$out/l7-tiles" RUN="$run" EPOCHS="${DEMO_EPOCHS:-4}" KNN_EVERY=1 \
     > "$out/l7-dino.log" 2>&1 || { tail -20 "$out/l7-dino.log"; exit 1; }
 echo "done in $(( $(date +%s) - t0 )) s; every command is in $run/commands.sh, e.g. epoch 1:"
-grep -m1 'multicrop' "$run/commands.sh" | sed 's/^/    /' | cut -c1-200 || true
+grep -m1 "multicrop" "$run/commands.sh" | sed 's/^/    /' | cut -c1-200 || true
 $py - "$run/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))

@@ -63,3 +63,21 @@ PY
     cmp "$TMP/whole.mpt" "$TMP/run/ckpt/epoch-002.mpt"
     [ "$(wc -l < "$TMP/run/log/epoch-002.jsonl")" = 2 ]
 }
+
+@test "dino.mk: an epoch cut short (dino-step stopped by a signal exits 0) is not taken as done" {
+    $PY "$ROOT/pipelines/synthetic-textures.py" "$TMP/syn" --seed 3 --train 6 --test 4 --size 16 > /dev/null
+    # multicrop stands in for a producer killed half way: one batch of two
+    mkdir -p "$TMP/fakebin"
+    for t in tif-stats dino-step knn-eval; do ln -s "$BIN/$t" "$TMP/fakebin/$t"; done
+    printf '#!/usr/bin/env bash\n"%s/multicrop" "$@" | %s -c "%s"\n' \
+        "$BIN" "$PY" "import sys, msgpack; u = msgpack.Unpacker(sys.stdin.buffer, raw=False, max_buffer_size=2**31); sys.stdout.buffer.write(msgpack.packb(next(u)))" \
+        > "$TMP/fakebin/multicrop"
+    chmod +x "$TMP/fakebin/multicrop"
+    run make -s -f "$ROOT/pipelines/dino.mk" BIN="$TMP/fakebin" DATA="$TMP/syn" RUN="$TMP/run" \
+        EMBED_DIM=32 DEPTH=1 HEADS=2 PATCH=8 OUT_DIM=64 HIDDEN_DIM=64 BOTTLENECK=16 \
+        BATCH=16 LOCAL_CROPS=2 GLOBAL_SIZE=16 LOCAL_SIZE=8 EPOCHS=1 BASELINE=0 train
+    assert_failure
+    assert_output --partial "epoch 001 stopped before its 2 steps"
+    [ ! -e "$TMP/run/ckpt/epoch-001.mpt" ]
+    [ -e "$TMP/run/ckpt/epoch-000.mpt" ]
+}
