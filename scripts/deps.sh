@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(make gcc libtiff-dev libmsgpack-dev libopenblas-dev libopenmpi-dev openmpi-bin
           bats bats-assert bats-support libpng-dev python3 python3-msgpack python3-numpy
-          gdal-bin python3-gdal libtiff-tools)
+          gdal-bin python3-gdal libtiff-tools gnuplot-nox)
 [ "${1:-}" = "--fuzz" ] && packages+=(clang libclang-rt-14-dev)
 
 missing=()
