@@ -428,6 +428,17 @@ static int read_tiff(TIFF *tif, const char *name, const raster_opts *opts, const
     return 0;
 }
 
+/* Reads an opened TIFF (NULL: opening failed) and closes it. */
+static int read_opened(TIFF *tif, const char *name, const raster_opts *opts, const tiff_msgs *msgs,
+                       raster *out, gd_err *err)
+{
+    if (!tif)
+        return tiff_fail(err, name, msgs, "not a readable TIFF");
+    int rc = read_tiff(tif, name, opts, msgs, out, err);
+    TIFFClose(tif);
+    return rc;
+}
+
 static int read_file(const char *path, const raster_opts *opts, raster *out, gd_err *err)
 {
     tiff_msgs msgs = {{0}};
@@ -443,11 +454,7 @@ static int read_file(const char *path, const raster_opts *opts, raster *out, gd_
         return gd_errf(err, "%s: out of memory", path);
     TIFF *tif = TIFFOpenExt(path, "r", o);
     TIFFOpenOptionsFree(o);
-    if (!tif)
-        return tiff_fail(err, path, &msgs, "not a readable TIFF");
-    int rc = read_tiff(tif, path, opts, &msgs, out, err);
-    TIFFClose(tif);
-    return rc;
+    return read_opened(tif, path, opts, &msgs, out, err);
 }
 
 /* ---- reading from memory ------------------------------------------------- */
@@ -498,11 +505,7 @@ int raster_read_mem(const void *buf, size_t len, const char *name, const raster_
     TIFF *tif = TIFFClientOpenExt(name, "rm", (thandle_t)&m, mem_read, mem_write, mem_seek,
                                   mem_close, mem_size, mem_map, mem_unmap, o);
     TIFFOpenOptionsFree(o);
-    if (!tif)
-        return tiff_fail(err, name, &msgs, "not a readable TIFF");
-    int rc = read_tiff(tif, name, opts, &msgs, out, err);
-    TIFFClose(tif);
-    return rc;
+    return read_opened(tif, name, opts, &msgs, out, err);
 }
 
 /* ---- band selection ------------------------------------------------------ */

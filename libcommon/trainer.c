@@ -45,6 +45,18 @@ void run_config_free(run_config *c)
     c->nstats = 0;
 }
 
+/* The per-band arrays of n bands (mean, std, names). */
+static int stats_alloc(run_config *c, int n, gd_err *err)
+{
+    c->mean = malloc(n * sizeof(double));
+    c->std = malloc(n * sizeof(double));
+    c->bands = calloc(n, sizeof(char *));
+    if (!c->mean || !c->std || !c->bands)
+        return gd_errf(err, "out of memory");
+    c->nstats = n;
+    return 0;
+}
+
 int run_config_set_stats(run_config *c, const msg *stats, gd_err *err)
 {
     const tensor *mean = msg_require_tensor(stats, "mean", DT_F8, 1, err);
@@ -55,12 +67,8 @@ int run_config_set_stats(run_config *c, const msg *stats, gd_err *err)
         return gd_errf(err, "stats: mean and std need the same number (1 to 4096) of bands");
     run_config_free(c);
     int n = (int)mean->count;
-    c->mean = malloc(n * sizeof(double));
-    c->std = malloc(n * sizeof(double));
-    c->bands = calloc(n, sizeof(char *));
-    if (!c->mean || !c->std || !c->bands)
-        return gd_errf(err, "out of memory");
-    c->nstats = n;
+    if (stats_alloc(c, n, err) < 0)
+        return -1;
     c->stats_scale = value_float(&stats->meta, "scale", 1.0);
     if (!(c->stats_scale > 0 && isfinite(c->stats_scale)))
         c->stats_scale = 1.0;
@@ -248,12 +256,8 @@ int run_config_from_meta(run_config *c, const value *meta, gd_err *err)
         if (!b || b->type != V_ARRAY || b->u.c.n == 0 || b->u.c.n > 4096)
             return gd_errf(err, "meta stats/bands: missing or empty");
         int n = (int)b->u.c.n;
-        c->mean = malloc(n * sizeof(double));
-        c->std = malloc(n * sizeof(double));
-        c->bands = calloc(n, sizeof(char *));
-        if (!c->mean || !c->std || !c->bands)
-            return gd_errf(err, "out of memory");
-        c->nstats = n;
+        if (stats_alloc(c, n, err) < 0)
+            return -1;
         for (int i = 0; i < n; i++)
             if (!(c->bands[i] = strdup(b->u.c.items[i].type == V_STR ? b->u.c.items[i].u.s : "?")))
                 return gd_errf(err, "out of memory");

@@ -235,16 +235,23 @@ static void cpu_layernorm_bwd(gd_backend *be, float *dx, float *dw, float *db, c
     }
 }
 
+/* The L2 norm of one row, summed in float64 in index order (the order is
+ * part of the backend's bitwise reproducibility). */
+static double row_norm(const float *x, int n)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    return sqrt(ss);
+}
+
 static void cpu_l2norm_fwd(gd_backend *be, float *y, float *norms, const float *x, int rows,
                            int n, float eps)
 {
 #pragma omp parallel for if ((size_t)rows * n > PAR_MIN)
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * n;
-        double ss = 0;
-        for (int i = 0; i < n; i++)
-            ss += (double)xr[i] * xr[i];
-        double nrm = sqrt(ss);
+        double nrm = row_norm(xr, n);
         double d = nrm > eps ? nrm : eps;
         for (int i = 0; i < n; i++)
             y[(size_t)r * n + i] = (float)(xr[i] / d);
@@ -280,10 +287,7 @@ static void cpu_weightnorm_fwd(gd_backend *be, float *w, float *norms, const flo
 #pragma omp parallel for if ((size_t)rows * n > PAR_MIN)
     for (int r = 0; r < rows; r++) {
         const float *vr = v + (size_t)r * n;
-        double ss = 0;
-        for (int i = 0; i < n; i++)
-            ss += (double)vr[i] * vr[i];
-        double nrm = sqrt(ss);
+        double nrm = row_norm(vr, n);
         float scale = (float)(g[r] / nrm);
         for (int i = 0; i < n; i++)
             w[(size_t)r * n + i] = scale * vr[i];
