@@ -507,7 +507,9 @@ static int jnumber(jcur *c, double *v, gd_err *err)
     }
     char buf[64];
     size_t n = 0;
-    while (c->p + n < c->end && n < sizeof buf - 1 && strchr("+-.0123456789eE", c->p[n]))
+    /* c->p[n] != 0: strchr finds the terminator of its own string */
+    while (c->p + n < c->end && n < sizeof buf - 1 && c->p[n] &&
+           strchr("+-.0123456789eE", c->p[n]))
         n++;
     memcpy(buf, c->p, n);
     buf[n] = 0;

@@ -365,6 +365,10 @@ TEST(ael_means_json)
     const char *junk[] = {"", "[", "[0.5,", "{\"0\" 1}", "[1,2,3,4] x", "[nan,1,1,1]", "\"x\""};
     for (size_t k = 0; k < sizeof junk / sizeof *junk; k++)
         CHECK_MSG(ael_parse_means_json(junk[k], strlen(junk[k]), 4, m, &err) < 0, "%s", junk[k]);
+    /* A NUL byte is not part of a number (the file is read with its length,
+     * so it can hold one). */
+    const char nul[] = "[1\0, 1, 1, 1]";
+    CHECK(ael_parse_means_json(nul, sizeof nul - 1, 4, m, &err) < 0);
 }
 
 /* The direct crop of a resized sample equals resizing the whole sample
