@@ -15,11 +15,14 @@ needs_mpi() {
 }
 
 # mpirun with 2 ranks; one OpenMP thread each on a shared box.  Under ASan,
-# LSan ignores the leaks OpenMPI leaves at exit (tests/cli/lsan-mpi.supp).
+# leak detection is off in the ranks only: OpenMPI unloads its components at
+# MPI_Finalize and LSan then reports their leftovers with "<unknown module>"
+# frames that no suppression can single out.  Address and UB checks stay on,
+# and the single-process runs (here and in dino-step.bats) keep LSan.
 mpi() {
     local t=$1; shift
     timeout "$t" mpirun --oversubscribe --allow-run-as-root -np 2 -x OMP_NUM_THREADS=1 \
-        -x LSAN_OPTIONS="suppressions=$ROOT/tests/cli/lsan-mpi.supp:print_suppressions=0" "$@"
+        -x ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" "$@"
 }
 
 # 2 shards (multicrop --rank r --world 2) of 4 batches of 2 samples, and
