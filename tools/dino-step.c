@@ -551,7 +551,8 @@ static int run_prepared_step(run *r, gd_err *err)
         check_collapse(r);
     if (log_now) {
         double t1 = now();
-        r->samples_per_s = r->steps_since_log * r->cfg.batch_size / (t1 - r->t_last_log);
+        r->samples_per_s =
+            r->steps_since_log * r->cfg.batch_size * r->comm->world / (t1 - r->t_last_log);
         r->t_last_log = t1;
         r->steps_since_log = 0;
         if (r->log)
@@ -561,9 +562,10 @@ static int run_prepared_step(run *r, gd_err *err)
                     r->step, (r->step - 1) / r->cfg.train.niter_per_epoch, r->st.loss, r->st.lr,
                     r->samples_per_s);
     }
-    if (r->save_every > 0 && r->step % r->save_every == 0 && run_save(r, err))
-        return -2;
+    /* checked before saved: a diverged state is never written */
     if (r->check_every > 0 && r->step % r->check_every == 0 && run_check(r, err))
+        return -2;
+    if (r->save_every > 0 && r->step % r->save_every == 0 && run_save(r, err))
         return -2;
     return 0;
 }
