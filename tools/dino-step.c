@@ -779,6 +779,8 @@ static void open_comm(run *r)
         r->comm = gd_comm_single();
         return;
     }
+    /* With the CUDA backend, its device must then be the rank's on the
+     * node, r->comm->local_rank, as the NCCL plugin assumes. */
     gd_err err;
     gd_comm_opts o = {.backend = r->be->name, .timeout_s = r->comm_timeout};
     if (!(r->comm = gd_comm_open(&o, &err)))
@@ -1102,6 +1104,9 @@ static int cmd_serve(int argc, char **argv)
     parse_train(argc, argv, &r, &path, &serve_max_msg, true);
     if (optind < argc)
         cli_usage("serve: unexpected argument '%s'", argv[optind]);
+    if (gd_comm_launched_world() > 1)
+        cli_usage("serve is one process; data-parallel training is 'dino-step train' under "
+                  "mpirun or srun");
     run_load(&r);
     install_signals();
     serve_listen(path);

@@ -179,13 +179,18 @@ PY
     assert_output ""
 }
 
-@test "mpi: a checkpoint made for another world size is refused" {
+@test "mpi: a checkpoint made for another world size is refused, and so is serve" {
     needs_mpi
     shards
     init --batch-size-per-gpu 2 --world-size 1 -o "$TMP/c.mpt"
     run mpi 60 "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/shard%r.mpt"
     assert_failure
     assert_output --partial "made for --world-size 1, this job has 2 ranks"
+    # serve is one process
+    run timeout 60 mpirun --oversubscribe --allow-run-as-root -np 2 "$BIN/dino-step" serve \
+        --ckpt "$TMP/c.mpt" --socket "$TMP/s.sock"
+    assert_failure
+    assert_output --partial "serve is one process"
 }
 
 @test "mpi: the consistency guard stops the run when the ranks' weights diverge" {
