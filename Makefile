@@ -58,10 +58,39 @@ CUDA_LINK := $(CUDA_LIB) -L$(CUDA_HOME)/lib64 -lcudart -lstdc++ -Wl,-rpath,$(CUD
 ALL_EXTRA := $(CUDA_LIB) $(GPU_BIN)
 endif
 
+# ---- distributed training (issue 8) -----------------------------------------
+# Plugins that dino-step dlopen()s only for a distributed run (libcommon/comm.h),
+# so that a single process needs neither MPI nor NCCL at run time:
+# geodino-mpi.so when mpicc is found, geodino-nccl.so when NCCL and nvcc are too.
+MPICC    := $(shell command -v mpicc 2>/dev/null)
+NCCL_H   := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/local/include/nccl.h /usr/include/nccl.h))
+NCCL_LIB := $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/local/lib/libnccl.so /usr/lib/x86_64-linux-gnu/libnccl.so))
+PLUGIN_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -fPIC -shared -pthread $(WARN) -Ilibcommon $(SANFLAGS)
+ifneq ($(MPICC),)
+DIST_LIBS := $(LIBDIR)/geodino-mpi.so
+ifneq ($(and $(NVCC),$(NCCL_H),$(NCCL_LIB)),)
+DIST_LIBS += $(LIBDIR)/geodino-nccl.so
+endif
+endif
+
+$(LIBDIR)/geodino-mpi.so: kernels/dist/comm_mpi.c libcommon/comm.h
+	@mkdir -p $(dir $@)
+	$(MPICC) $(PLUGIN_CFLAGS) $< -o $@
+
+$(LIBDIR)/geodino-nccl.so: kernels/dist/comm_mpi.c libcommon/comm.h
+	@mkdir -p $(dir $@)
+	$(MPICC) $(PLUGIN_CFLAGS) -DGD_NCCL -isystem $(dir $(NCCL_H)) -isystem $(CUDA_HOME)/include \
+	    $< -o $@ -L$(dir $(NCCL_LIB)) -L$(CUDA_HOME)/lib64 -lnccl -lcudart \
+	    -Wl,-rpath,$(dir $(NCCL_LIB)) -Wl,-rpath,$(CUDA_HOME)/lib64
+# ---- end of distributed training ----------------------------------------------
+
 .PHONY: all asan check demo deps fuzz bench clean unit cli gpu
 .DEFAULT_GOAL := all
 
-all: $(LIBDIR)/libcommon.a $(TOOLS) $(UNIT_BIN) $(ALL_EXTRA)
+all: $(LIBDIR)/libcommon.a $(TOOLS) $(UNIT_BIN) $(ALL_EXTRA) $(DIST_LIBS)
+ifeq ($(MPICC),)
+	@echo "make: mpicc not found: distributed training (lib/geodino-mpi.so) skipped"
+endif
 ifeq ($(NVCC),)
 ifneq ($(SAN),1)
 	@echo "make: nvcc not found: CUDA backend skipped"

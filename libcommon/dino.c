@@ -276,6 +276,8 @@ struct dino_trainer {
     head_acts sh, th;
     float *sfeat, *tfeat, *center, *q, *loss;
     pool pl;
+    gd_comm *comm;  /* data-parallel ranks; NULL: one process */
+    float *cmean;   /* [out_dim] the teacher's batch mean, reduced over ranks */
 };
 
 static int make_groups(grp *g, int nviews, const int *res, int batch)
@@ -450,6 +452,7 @@ dino_trainer *dino_trainer_new(gd_backend *be, const dino_model_cfg *m, const di
     t->sfeat = palloc(&t->pl, (size_t)nviews * B * m->embed_dim);
     t->tfeat = palloc(&t->pl, (size_t)2 * B * m->embed_dim);
     t->center = palloc(&t->pl, K);
+    t->cmean = palloc(&t->pl, K);
     t->q = palloc(&t->pl, (size_t)2 * B * K);
     t->loss = palloc(&t->pl, 1);
     if (t->pl.failed || bind_all(t)) {
@@ -580,14 +583,23 @@ static void linear_bwd(gd_backend *be, float *dx, lin_w *g, const float *dy, con
 static void draw_drop_path(const dino_trainer *t, grp *g, int gi, long it)
 {
     int depth = t->mc.depth;
+    int rank = t->comm ? t->comm->rank : 0, world = t->comm ? t->comm->world : 1;
     for (int i = 0; i < depth; i++) {
         double rate = depth > 1 ? t->mc.drop_path_rate * i / (depth - 1) : t->mc.drop_path_rate;
         for (int k = 0; k < 2; k++) {
             float *s = k ? g->blk[i].s2 : g->blk[i].s1;
             rng r;
             rng_init(&r, t->seed, 0xd409 + (uint64_t)it, (uint64_t)gi * 1000 + i, k);
-            for (int b = 0; b < g->B; b++)
+            /* row b is sample b % B of view b / B; one process with the
+             * whole batch of B * world would draw it at position `at` */
+            long next = 0;
+            for (int b = 0; b < g->B; b++) {
+                long at = ((long)(b / t->B) * world + rank) * t->B + b % t->B;
+                for (; next < at; next++)
+                    rng_uniform(&r);
+                next++;
                 s[b] = rng_uniform(&r) < rate ? 0.0f : (float)(1.0 / (1.0 - rate));
+            }
         }
     }
 }
@@ -769,6 +781,27 @@ int dino_trainer_loss(dino_trainer *t, float *const *views, long it, double temp
     return 0;
 }
 
+void dino_trainer_set_comm(dino_trainer *t, gd_comm *c) { t->comm = c; }
+
+/* The mean over ranks, in place, of n floats of a device buffer or of one
+ * host double. */
+static int average(dino_trainer *t, float *buf, size_t n, double *x, gd_err *err)
+{
+    gd_comm *c = t->comm;
+    if (x) {
+        if (c->allreduce_f64(c, x, 1, err))
+            return gd_err_prefix(err, "rank %d", c->rank);
+        *x /= c->world;
+        return 0;
+    }
+    if (t->be->sync(t->be, err))
+        return -1;
+    if (c->allreduce_sum(c, buf, n, err))
+        return gd_err_prefix(err, "rank %d", c->rank);
+    t->be->scale(t->be, buf, 1.0f / c->world, n);
+    return 0;
+}
+
 int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_stats *st,
                       gd_err *err)
 {
@@ -780,9 +813,23 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
                             .teacher_temp = s.teacher_temp};
     if (dino_trainer_loss(t, views, it, s.teacher_temp, true, &st->loss, err))
         return -1;
+    bool dist = t->comm && t->comm->world > 1;
+    if (dist && average(t, NULL, 0, &st->loss, err)) /* every rank sees the same loss */
+        return -1;
     if (!isfinite(st->loss))
         return gd_errf(err, "iteration %ld: loss is %g, stopping training", it, st->loss);
-    be->center_update(be, t->center, t->th.out, 2 * t->B, t->mc.out_dim, (float)c->center_momentum);
+    if (dist) {
+        /* center with the global batch mean: the mean of the ranks' means */
+        be->center_update(be, t->cmean, t->th.out, 2 * t->B, t->mc.out_dim, 0.0f);
+        if (average(t, t->cmean, t->mc.out_dim, NULL, err) ||
+            average(t, t->buf[DINO_GRAD], t->total, NULL, err))
+            return -1;
+        be->scale(be, t->center, (float)c->center_momentum, t->mc.out_dim);
+        be->axpy(be, t->center, (float)(1 - c->center_momentum), t->cmean, t->mc.out_dim);
+    } else {
+        be->center_update(be, t->center, t->th.out, 2 * t->B, t->mc.out_dim,
+                          (float)c->center_momentum);
+    }
 
     /* clip_gradients: every tensor that has a gradient, each on its own */
     int n = 0;

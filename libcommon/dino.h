@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "err.h"
 #include "msg.h"
 #include "ops.h"
@@ -124,6 +125,16 @@ int dino_trainer_loss(dino_trainer *t, float *const *views, long it, double temp
  * error and leaves the parameters untouched. */
 int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_stats *st,
                       gd_err *err);
+
+/* Data-parallel training over c's ranks (each holds a full replica and
+ * its own B samples): dino_trainer_step then takes the global mean of the
+ * loss, averages the gradient before clipping (one all-reduce over the
+ * whole gradient buffer) and updates the center with the global batch mean
+ * of the teacher output, as DINO does; drop-path masks are drawn as one
+ * process would draw them for the batch of B * world samples in rank
+ * order.  So world ranks train as one process on the concatenated batch.
+ * NULL (the default) or a world of 1: one process, unchanged. */
+void dino_trainer_set_comm(dino_trainer *t, gd_comm *c);
 
 /* The student head output of the last forward [nviews B, out_dim] and the
  * teacher's [2 B, out_dim], downloaded. */

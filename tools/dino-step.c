@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "comm.h"
 #include "io.h"
 #include "json.h"
 #include "msg.h"
@@ -399,6 +400,11 @@ typedef struct run {
     bool collapse_warned;
     double t_last_log;
     long steps_since_log;
+    /* data-parallel training (DISTRIBUTED in the man page) */
+    gd_comm *comm;           /* the single-process one unless distributed */
+    long check_every;        /* steps between weight checksums; 0: off */
+    double comm_timeout;     /* seconds a collective may wait */
+    int distributed;         /* --distributed: 1; -1: from the launcher's environment */
 } run;
 
 static double now(void)
@@ -425,7 +431,7 @@ static void run_load(run *r)
         r->save_every = r->cfg.train.niter_per_epoch;
     if (!(r->center = malloc(r->cfg.model.out_dim * sizeof(float))))
         cli_fail("out of memory");
-    if (r->log_path && !(r->log = fopen(r->log_path, "a")))
+    if (r->comm->rank == 0 && r->log_path && !(r->log = fopen(r->log_path, "a")))
         cli_fail("%s: %s", r->log_path, strerror(errno));
 }
 
@@ -440,6 +446,7 @@ static int run_start(run *r, const msg *batch, gd_err *err)
         return -1;
     if (checkpoint_restore(r->t, r->ck, err))
         return gd_err_prefix(err, "%s", r->ckpt);
+    dino_trainer_set_comm(r->t, r->comm);
     if (views_init(&r->v, r->be, &s, err))
         return -1;
     msg_free(r->ck);
@@ -451,7 +458,7 @@ static int run_save(run *r, gd_err *err)
 {
     if (!r->t || r->step == r->saved_step)
         return 0;
-    if (checkpoint_save(r->t, &r->cfg, r->step, r->ckpt, r->keep, err))
+    if (r->comm->rank == 0 && checkpoint_save(r->t, &r->cfg, r->step, r->ckpt, r->keep, err))
         return -1;
     r->saved_step = r->step;
     return 0;
@@ -503,14 +510,22 @@ static void check_collapse(run *r)
     }
 }
 
-/* One training step on a batch.  0: done; -1: the batch is unusable
- * (err says why; the state is unchanged); -2: training cannot go on. */
-static int run_step(run *r, const msg *batch, gd_err *err)
+/* A batch into the views (the first one also makes the trainer).  0: ok;
+ * -1: the batch is unusable (err says why; the state is unchanged); -2:
+ * training cannot go on. */
+static int run_prepare(run *r, const msg *batch, gd_err *err)
 {
     if (!r->t && run_start(r, batch, err))
         return r->t ? -2 : -1;
-    if (views_fill(&r->v, batch, err))
-        return -1;
+    return views_fill(&r->v, batch, err) ? -1 : 0;
+}
+
+static int run_check(run *r, gd_err *err);
+static int test_perturb(run *r, gd_err *err);
+
+/* One training step on the prepared views: 0, or -2. */
+static int run_prepared_step(run *r, gd_err *err)
+{
     double t0 = now();
     if (r->t_last_log == 0)
         r->t_last_log = t0;
@@ -518,9 +533,12 @@ static int run_step(run *r, const msg *batch, gd_err *err)
     bool metrics = log_now || r->collapse_check;
     if (metrics && dino_trainer_get_center(r->t, r->center, err))
         return -2;
+    r->comm->step = r->step;
     if (dino_trainer_step(r->t, r->v.dev, r->step, &r->st, err))
         return -2;
     r->step++;
+    if (test_perturb(r, err))
+        return -2;
     r->have_stats = true;
     r->steps_since_log++;
     if (metrics) {
@@ -533,7 +551,8 @@ static int run_step(run *r, const msg *batch, gd_err *err)
         check_collapse(r);
     if (log_now) {
         double t1 = now();
-        r->samples_per_s = r->steps_since_log * r->cfg.batch_size / (t1 - r->t_last_log);
+        r->samples_per_s =
+            r->steps_since_log * r->cfg.batch_size * r->comm->world / (t1 - r->t_last_log);
         r->t_last_log = t1;
         r->steps_since_log = 0;
         if (r->log)
@@ -543,9 +562,19 @@ static int run_step(run *r, const msg *batch, gd_err *err)
                     r->step, (r->step - 1) / r->cfg.train.niter_per_epoch, r->st.loss, r->st.lr,
                     r->samples_per_s);
     }
+    /* checked before saved: a diverged state is never written */
+    if (r->check_every > 0 && r->step % r->check_every == 0 && run_check(r, err))
+        return -2;
     if (r->save_every > 0 && r->step % r->save_every == 0 && run_save(r, err))
         return -2;
     return 0;
+}
+
+/* One training step on a batch: run_prepare's and run_prepared_step's codes. */
+static int run_step(run *r, const msg *batch, gd_err *err)
+{
+    int rc = run_prepare(r, batch, err);
+    return rc ? rc : run_prepared_step(r, err);
 }
 
 static void run_free(run *r)
@@ -564,7 +593,7 @@ static void run_free(run *r)
 /* Options common to train and serve. */
 enum {
     T_CKPT = 300, T_STEPS, T_SAVE, T_KEEP, T_LOG, T_LOGE, T_COLL, T_COLLW, T_DEVICE, T_QUIET,
-    T_PROGRESS, T_RESUME, T_SOCKET, T_MAXMSG, T_VERSION
+    T_PROGRESS, T_RESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK, T_CTIMEOUT
 };
 static const struct option train_longs[] = {
     {"ckpt", 1, 0, T_CKPT}, {"steps", 1, 0, T_STEPS}, {"save-every", 1, 0, T_SAVE},
@@ -572,6 +601,8 @@ static const struct option train_longs[] = {
     {"collapse-check", 0, 0, T_COLL}, {"collapse-window", 1, 0, T_COLLW},
     {"device", 1, 0, T_DEVICE}, {"quiet", 0, 0, T_QUIET}, {"progress", 0, 0, T_PROGRESS},
     {"resume", 0, 0, T_RESUME}, {"socket", 1, 0, T_SOCKET}, {"max-message", 1, 0, T_MAXMSG},
+    {"distributed", 1, 0, T_DIST}, {"check-every", 1, 0, T_CHECK},
+    {"comm-timeout", 1, 0, T_CTIMEOUT},
     {"help", 0, 0, 'h'}, {"version", 0, 0, T_VERSION}, {0, 0, 0, 0}};
 
 static void usage_train(void)
@@ -595,6 +626,11 @@ static void usage_train(void)
            "  --device auto|cpu|cuda   compute backend (auto: the CPU until CUDA is built)\n"
            "  --quiet, --progress  progress line on stderr: never / always (default: terminal)\n"
            "  --resume             continue from the checkpoint's step (the default)\n"
+           "train only, data-parallel (mpirun -np N / srun dino-step train ...):\n"
+           "  --distributed auto|yes|no   use MPI (auto: when a launcher started several ranks)\n"
+           "  --check-every N      compare the ranks' weight checksums every N steps (100; 0: off)\n"
+           "  --comm-timeout S     a collective waiting S seconds for a dead rank fails (1800)\n"
+           "  BATCHES may hold %%r, replaced by the rank (shard%%r.mpt)\n"
            "serve only:\n"
            "  --socket PATH        Unix socket to listen on (mode 0600)\n"
            "  --max-message SIZE   largest message a client may send (default 256M)\n"
@@ -623,12 +659,28 @@ static size_t parse_size(const char *opt, const char *s)
     return (size_t)n << shift;
 }
 
+static void parse_dist(run *r, int o, const char *v)
+{
+    if (o == T_CHECK)
+        r->check_every = cli_long("--check-every", v, 0, 1L << 40);
+    else if (o == T_CTIMEOUT)
+        r->comm_timeout = cli_double("--comm-timeout", v, 0.1, 1e7);
+    else if (!strcmp(v, "auto"))
+        r->distributed = -1;
+    else
+        r->distributed = parse_bool("--distributed", v);
+}
+
 static void parse_train(int argc, char **argv, run *r, const char **socket_path, size_t *max_msg,
                         bool serve)
 {
     memset(r, 0, sizeof *r);
     r->save_every = -1;
     r->log_every = 10;
+    r->comm = gd_comm_single();
+    r->distributed = -1;
+    r->check_every = 100;
+    r->comm_timeout = 1800;
     r->collapse_window = 100;
     bool quiet = false, progress = false;
     const char *device = "auto";
@@ -651,6 +703,13 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
             if (!serve)
                 cli_usage("--socket belongs to 'dino-step serve'");
             *socket_path = optarg;
+            break;
+        case T_DIST:
+        case T_CHECK:
+        case T_CTIMEOUT:
+            if (serve)
+                cli_usage("--distributed, --check-every and --comm-timeout belong to 'dino-step train'");
+            parse_dist(r, o, optarg);
             break;
         case T_MAXMSG:
             if (!serve)
@@ -710,6 +769,70 @@ static void *stream_thread(void *arg)
     return NULL;
 }
 
+/* The communicator: the single-process one unless --distributed is given
+ * or a launcher (mpirun, srun) started more than one process; then the
+ * plugin, which alone loads MPI (and NCCL). */
+static void open_comm(run *r)
+{
+    int launched = gd_comm_launched_world();
+    if (r->distributed == 0 || (r->distributed < 0 && launched < 2)) {
+        r->comm = gd_comm_single();
+        return;
+    }
+    /* With the CUDA backend, its device must then be the rank's on the
+     * node, r->comm->local_rank, as the NCCL plugin assumes. */
+    gd_err err;
+    gd_comm_opts o = {.backend = r->be->name, .timeout_s = r->comm_timeout};
+    if (!(r->comm = gd_comm_open(&o, &err)))
+        cli_fail("distributed training: %s", err.msg);
+    r->progress = r->progress && r->comm->rank == 0;
+}
+
+/* The consistency guard: every rank hashes its weights (student and
+ * teacher) and the hashes must agree. */
+static int run_check(run *r, gd_err *err)
+{
+    if (r->comm->world < 2 || !r->t)
+        return 0;
+    size_t n = dino_trainer_nfloats(r->t);
+    float *w = malloc(n * sizeof *w);
+    if (!w)
+        return gd_errf(err, "out of memory");
+    uint64_t h = GD_HASH_INIT, lo, hi;
+    for (dino_role role = DINO_STUDENT; role <= DINO_TEACHER; role++) {
+        if (r->be->download(r->be, w, dino_trainer_buffer(r->t, role), n, err)) {
+            free(w);
+            return -1;
+        }
+        h = gd_hash_bytes(h, w, n * sizeof *w);
+    }
+    free(w);
+    if (r->comm->minmax_u64(r->comm, h, &lo, &hi, err))
+        return -1;
+    if (lo != hi)
+        return gd_errf(err, "step %ld: the ranks' weights differ (rank %d has checksum %016llx, "
+                            "the ranks span %016llx to %016llx): stopping",
+                       r->step, r->comm->rank, (unsigned long long)h, (unsigned long long)lo,
+                       (unsigned long long)hi);
+    return 0;
+}
+
+/* For the tests of the guard: GEODINO_TEST_PERTURB=RANK:STEP nudges one
+ * student weight of that rank after that step. */
+static int test_perturb(run *r, gd_err *err)
+{
+    const char *s = getenv("GEODINO_TEST_PERTURB");
+    int rank;
+    long step;
+    if (!s || sscanf(s, "%d:%ld", &rank, &step) != 2 || rank != r->comm->rank || step != r->step)
+        return 0;
+    float *w = dino_trainer_buffer(r->t, DINO_STUDENT), x;
+    if (r->be->download(r->be, &x, w, 1, err))
+        return -1;
+    x += 1e-3f;
+    return r->be->upload(r->be, w, &x, 1, err);
+}
+
 static int cmd_train(int argc, char **argv)
 {
     run r;
@@ -719,7 +842,16 @@ static int cmd_train(int argc, char **argv)
         input = argv[optind++];
     if (optind < argc)
         cli_usage("train: unexpected argument '%s'", argv[optind]);
+    open_comm(&r);
+    static char input_r[4096];
+    gd_err perr;
+    if (gd_comm_expand(input, r.comm->rank, input_r, sizeof input_r, &perr))
+        cli_usage("%s", perr.msg);
+    input = input_r;
     run_load(&r);
+    if (r.comm->world > 1 && r.cfg.world_size != r.comm->world)
+        cli_fail("%s: the run was made for --world-size %d, this job has %d ranks", r.ckpt,
+                 r.cfg.world_size, r.comm->world);
     install_signals();
     if (r.step >= r.end_step) {
         cli_warn("%s: step %ld: the schedule (%d epochs of %d iterations) is complete", r.ckpt,
@@ -736,41 +868,62 @@ static int cmd_train(int argc, char **argv)
         cli_fail("cannot start the input thread");
     gd_err err;
     int status = 0;
+    item it = {0};
+    bool have = false; /* it is this rank's next item, not yet used */
     for (;;) {
-        if (sig_save) {
-            sig_save = 0;
-            if (run_save(&r, &err))
+        /* Each round, every rank waits for a batch, the end of its input or
+         * a signal, then all agree on what happens (one small all-reduce;
+         * a no-op for one process): so they save, stop and step together. */
+        while (!have && !sig_stop && !sig_save)
+            have = q_pop(&it, 100);
+        enum { F_STOP, F_SAVE, F_BATCH, F_END, F_BAD, NF };
+        double f[NF] = {[F_STOP] = sig_stop != 0, [F_SAVE] = sig_save != 0};
+        sig_save = 0;
+        if (have && it.kind == IT_MSG) {
+            int rc = run_prepare(&r, it.m, &err);
+            if (rc == -2)
                 cli_fail("%s", err.msg);
+            if (rc == -1)
+                cli_warn("%s: message %ld: %s", input, r.step - r.start_step + 1, err.msg);
+            f[rc ? F_BAD : F_BATCH] = 1;
+        } else if (have) {
+            if (it.kind == IT_ERROR)
+                cli_warn("%s", it.err);
+            f[it.kind == IT_ERROR ? F_BAD : F_END] = 1;
         }
-        if (sig_stop)
-            break;
-        item it;
-        if (!q_pop(&it, 100))
-            continue;
-        if (it.kind == IT_END)
-            break;
-        if (it.kind == IT_ERROR) {
-            cli_warn("%s", it.err);
+        bool mine_bad = f[F_BAD] > 0;
+        if (r.comm->allreduce_f64(r.comm, f, NF, &err))
+            cli_fail("%s", err.msg);
+        if (f[F_SAVE] > 0 && run_save(&r, &err))
+            cli_fail("%s", err.msg);
+        if (f[F_BAD] > 0) {
+            if (!mine_bad)
+                cli_warn("rank %d: step %ld: another rank's input failed", r.comm->rank, r.step);
             status = 1;
             break;
         }
-        int rc = run_step(&r, it.m, &err);
+        if (f[F_STOP] > 0 || f[F_END] > 0)
+            break;
+        if (f[F_BATCH] < r.comm->world)
+            continue; /* a save while some rank still waited for its batch */
+        int rc = run_prepared_step(&r, &err);
         msg_free(it.m);
-        if (rc == -1) {
-            cli_warn("%s: message %ld: %s", input, r.step - r.start_step + 1, err.msg);
-            status = 1;
-            break;
-        }
-        if (rc == -2) {
+        have = false;
+        if (rc) {
             /* a non-finite loss or a device error: the state may be bad, the
              * last checkpoint is the last good one */
             cli_fail("%s; %s (step %ld) is kept", err.msg, r.ckpt, r.saved_step);
         }
     }
+    if (have && it.kind == IT_MSG)
+        msg_free(it.m);
     if (run_save(&r, &err))
         cli_fail("%s", err.msg);
     if (status)
         cli_warn("%s saved at step %ld", r.ckpt, r.saved_step);
+    if (r.comm->finalize(r.comm, &err))
+        cli_fail("%s", err.msg);
+    r.comm = NULL;
     run_free(&r);
     return status;
 }
@@ -951,6 +1104,9 @@ static int cmd_serve(int argc, char **argv)
     parse_train(argc, argv, &r, &path, &serve_max_msg, true);
     if (optind < argc)
         cli_usage("serve: unexpected argument '%s'", argv[optind]);
+    if (gd_comm_launched_world() > 1)
+        cli_usage("serve is one process; data-parallel training is 'dino-step train' under "
+                  "mpirun or srun");
     run_load(&r);
     install_signals();
     serve_listen(path);
