@@ -37,7 +37,7 @@ ifeq ($(SAN),1)
 NVCC :=            # the CUDA runtime and ASan do not share an address space well
 endif
 CUDA_HOME  := $(patsubst %/bin/nvcc,%,$(NVCC))
-NVCCFLAGS  := -O2 -g -std=c++17 -Ilibcommon -Ikernels -MMD -MP -Xcompiler -Wall,-Wextra,-Werror \
+NVCCFLAGS  := -O2 -g -std=c++17 -Ilibcommon -Ikernels -MMD -MP -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings \
               -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 
 LIB_SRC  := $(wildcard libcommon/*.c) $(wildcard kernels/cpu/*.c)
