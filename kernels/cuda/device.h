@@ -21,6 +21,10 @@ int gd_cuda_device_count(gd_err *err);
 /* One line describing device `index` (name, memory, compute capability). */
 int gd_cuda_describe(int index, char *buf, size_t len, gd_err *err);
 
+/* 1 when device `index` computes in bf16 (compute capability 8.0 or
+ * more), 0 when not or when it cannot be asked. */
+int gd_cuda_has_bf16(int index);
+
 /* y[i] = a * x[i] + y[i] on the GPU, for n floats in host memory: uploads,
  * launches, downloads, checks every step. */
 int gd_cuda_saxpy(float a, const float *x, float *y, size_t n, gd_err *err);

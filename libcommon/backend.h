@@ -1,0 +1,30 @@
+/* backend.h: choosing the compute backend at run time.  The one place that
+ * knows whether the CUDA backend was built in (GD_HAVE_CUDA, set by the
+ * Makefile when nvcc is found): tools name a device and a precision here
+ * and get an ops.h table, whatever the build.
+ *
+ *   device     "auto"   CUDA device 0 when the CUDA backend is built and a
+ *                       GPU is present, else the CPU
+ *              "cpu"    the CPU reference backend
+ *              "cuda"   CUDA device 0; "cuda:N" device N
+ *   precision  of the GEMMs: "auto" (bf16 on a GPU that has it, else fp32),
+ *              "fp32", "tf32", "bf16" (the last two on the GPU only) */
+#ifndef GD_BACKEND_H
+#define GD_BACKEND_H
+
+#include <stdbool.h>
+
+#include "err.h"
+#include "ops.h"
+
+/* NULL with the reason in err: an unknown name, CUDA asked for but not
+ * built or no GPU, a precision the device does not have. */
+gd_backend *gd_backend_open(const char *device, const char *precision, gd_err *err);
+/* Releases what open created (nothing for the CPU backend); NULL is fine. */
+void gd_backend_close(gd_backend *be);
+/* true when this build has the CUDA backend */
+bool gd_backend_cuda_built(void);
+/* the GEMM precision a backend from gd_backend_open runs: "fp32", ... */
+const char *gd_backend_precision(const gd_backend *be);
+
+#endif
