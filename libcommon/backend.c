@@ -35,10 +35,22 @@ static bool known_precision(const char *p)
     return !strcmp(p, "auto") || !strcmp(p, "fp32") || !strcmp(p, "tf32") || !strcmp(p, "bf16");
 }
 
+int gd_backend_check_names(const char *device, const char *precision, gd_err *err)
+{
+    if (!known_precision(precision))
+        return gd_errf(err, "--precision: '%s' is not auto, fp32, tf32 or bf16", precision);
+    if (strcmp(device, "auto") && strcmp(device, "cpu") && cuda_index(device) < 0)
+        return gd_errf(err, "--device: '%s' is not auto, cpu, cuda or cuda:N", device);
+    if (!strcmp(device, "cpu") && strcmp(precision, "auto") && strcmp(precision, "fp32"))
+        return gd_errf(err, "--precision %s: the CPU backend computes in fp32 only", precision);
+    return 0;
+}
+
 static gd_backend *open_cpu(const char *precision, gd_err *err)
 {
     if (strcmp(precision, "auto") && strcmp(precision, "fp32"))
-        return gd_errf(err, "--precision %s: the CPU backend computes in fp32 only", precision),
+        return gd_errf(err, "no GPU here, and the CPU backend computes in fp32 only (--precision "
+                            "%s)", precision),
                NULL;
     return gd_backend_cpu();
 }
@@ -54,13 +66,11 @@ static gd_backend *open_cuda(int index, const char *precision, gd_err *err)
 
 gd_backend *gd_backend_open(const char *device, const char *precision, gd_err *err)
 {
-    if (!known_precision(precision))
-        return gd_errf(err, "--precision: '%s' is not auto, fp32, tf32 or bf16", precision), NULL;
+    if (gd_backend_check_names(device, precision, err))
+        return NULL;
     if (!strcmp(device, "cpu"))
         return open_cpu(precision, err);
     int index = cuda_index(device);
-    if (strcmp(device, "auto") && index < 0)
-        return gd_errf(err, "--device: '%s' is not auto, cpu, cuda or cuda:N", device), NULL;
 #ifdef GD_HAVE_CUDA
     if (index >= 0)
         return open_cuda(index, precision, err);
@@ -70,8 +80,8 @@ gd_backend *gd_backend_open(const char *device, const char *precision, gd_err *e
     return open_cpu(precision, err);
 #else
     if (index >= 0)
-        return gd_errf(err, "--device %s: this build has no CUDA backend (nvcc was not found "
-                            "when it was built); use --device cpu", device),
+        return gd_errf(err, "this build has no CUDA backend (nvcc was not found when it was "
+                            "built); use --device cpu"),
                NULL;
     return open_cpu(precision, err);
 #endif

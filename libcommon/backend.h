@@ -17,8 +17,11 @@
 #include "err.h"
 #include "ops.h"
 
-/* NULL with the reason in err: an unknown name, CUDA asked for but not
- * built or no GPU, a precision the device does not have. */
+/* Whether the names are valid (a usage error when not): known device and
+ * precision, and no reduced precision asked of the CPU. */
+int gd_backend_check_names(const char *device, const char *precision, gd_err *err);
+/* NULL with the reason in err: bad names (as above), CUDA asked for but
+ * not built or no GPU, a precision the device does not have. */
 gd_backend *gd_backend_open(const char *device, const char *precision, gd_err *err);
 /* Releases what open created (nothing for the CPU backend); NULL is fine. */
 void gd_backend_close(gd_backend *be);
