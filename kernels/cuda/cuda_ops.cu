@@ -18,6 +18,8 @@
  * each entry point makes its device current). */
 #include "device.h"
 
+#include "cubic.h"
+
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
@@ -63,19 +65,25 @@ __attribute__((format(printf, 2, 3))) void record(cuda_ctx *c, const char *fmt, 
     va_end(ap);
 }
 
-/* The message names the op and its shapes, formatted only on failure
- * (ops run thousands of times a step).  False (and recorded) on failure. */
+/* Records "cuda: <op and shapes>: <reason>"; the op part is formatted
+ * only on failure (ops run thousands of times a step). */
+void record_failure(cuda_ctx *c, const char *reason, const char *fmt, va_list ap)
+{
+    char w[256];
+    vsnprintf(w, sizeof w, fmt, ap);
+    record(c, "cuda: %s: %s", w, reason);
+}
+
+/* false (and recorded) on failure */
 __attribute__((format(printf, 3, 4))) bool cuda_ok(cuda_ctx *c, cudaError_t e, const char *fmt,
                                                    ...)
 {
     if (e == cudaSuccess)
         return true;
-    char w[256];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(w, sizeof w, fmt, ap);
+    record_failure(c, cudaGetErrorString(e), fmt, ap);
     va_end(ap);
-    record(c, "cuda: %s: %s", w, cudaGetErrorString(e));
     return false;
 }
 
@@ -84,12 +92,12 @@ __attribute__((format(printf, 3, 4))) bool blas_ok(cuda_ctx *c, cublasStatus_t s
 {
     if (s == CUBLAS_STATUS_SUCCESS)
         return true;
-    char w[256];
+    char reason[128];
+    snprintf(reason, sizeof reason, "cuBLAS: %s", cublasGetStatusString(s));
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(w, sizeof w, fmt, ap);
+    record_failure(c, reason, fmt, ap);
     va_end(ap);
-    record(c, "cuda: %s: cuBLAS: %s", w, cublasGetStatusString(s));
     return false;
 }
 
@@ -868,32 +876,6 @@ void cu_tokens_bwd(gd_backend *be, float *dpatches, float *dcls, float *dpos, co
     colsum(c, tokens_grad_f{dcls, dpos, dx, TD, D}, B, TD, "tokens_bwd: dpos");
 }
 
-/* Keys's cubic convolution with A = -0.75, as the CPU's cubic_weights. */
-__device__ void cubic_weights(double t, double w[4])
-{
-    const double A = -0.75;
-    double x1 = t + 1, x2 = t, x3 = 1 - t, x4 = 2 - t;
-    w[0] = ((A * x1 - 5 * A) * x1 + 8 * A) * x1 - 4 * A;
-    w[1] = ((A + 2) * x2 - (A + 3)) * x2 * x2 + 1;
-    w[2] = ((A + 2) * x3 - (A + 3)) * x3 * x3 + 1;
-    w[3] = ((A * x4 - 5 * A) * x4 + 8 * A) * x4 - 4 * A;
-}
-
-/* The CPU's cubic_taps.  The source coordinate is computed in float as
- * torch does; the _rn intrinsics keep nvcc from fusing it into an FMA,
- * which could move floor() across an integer. */
-__device__ void cubic_taps(int o, double scale, int in, int idx[4], double w[4])
-{
-    float ratio = (float)(1.0 / scale);
-    float real = __fsub_rn(__fmul_rn(ratio, __fadd_rn((float)o, 0.5f)), 0.5f);
-    float fl = floorf(real);
-    cubic_weights((double)__fsub_rn(real, fl), w);
-    for (int k = 0; k < 4; k++) {
-        int i = (int)fl - 1 + k;
-        idx[k] = i < 0 ? 0 : i >= in ? in - 1 : i;
-    }
-}
-
 __global__ void posinterp_fwd_kernel(float *out, const float *pos, int g, int oh, int ow,
                                      double sh, double sw, int D)
 {
@@ -903,8 +885,8 @@ __global__ void posinterp_fwd_kernel(float *out, const float *pos, int g, int oh
         int d = (int)(k % D), x = (int)(k / D % ow), y = (int)(k / ((size_t)D * ow));
         int iy[4], ix[4];
         double wy[4], wx[4];
-        cubic_taps(y, sh, g, iy, wy);
-        cubic_taps(x, sw, g, ix, wx);
+        gd_cubic_taps(y, sh, g, iy, wy);
+        gd_cubic_taps(x, sw, g, ix, wx);
         double s = 0;
         for (int a = 0; a < 4; a++)
             for (int b = 0; b < 4; b++)
@@ -927,9 +909,9 @@ __global__ void posinterp_bwd_kernel(float *dpos, const float *dout, int g, int 
     for (int y = 0; y < oh; y++) {
         int iy[4], ix[4];
         double wy[4], wx[4];
-        cubic_taps(y, sh, g, iy, wy);
+        gd_cubic_taps(y, sh, g, iy, wy);
         for (int x = 0; x < ow; x++) {
-            cubic_taps(x, sw, g, ix, wx);
+            gd_cubic_taps(x, sw, g, ix, wx);
             double v = dout[(1 + (size_t)y * ow + x) * D + d];
             for (int a = 0; a < 4; a++)
                 for (int b = 0; b < 4; b++)

@@ -141,6 +141,18 @@ static void free_views(float **h)
     free(h);
 }
 
+/* The same model, weights and random views on the CPU and on the GPU. */
+static int sides_open(side s[2], gpu_test *g, unsigned seed, gd_err *err)
+{
+    float **views = random_views(seed);
+    int rc = 0;
+    for (int k = 0; k < 2 && rc == 0; k++)
+        if ((rc = side_open(&s[k], g->be[k], (const float *const *)views, err)))
+            gd_err_prefix(err, "%s", g->be[k]->name);
+    free_views(views);
+    return rc;
+}
+
 /* Forward, backward and two steps in `precision`; tol for the loss, the
  * gradients and the moments. */
 static void step_check(const char *precision, double tol)
@@ -148,13 +160,9 @@ static void step_check(const char *precision, double tol)
     gpu_test g;
     if (!gpu_begin(&g, precision, 20))
         return;
-    float **views = random_views(9);
     side s[2] = {{0}, {0}};
     gd_err err;
-    for (int k = 0; k < 2; k++)
-        CHECK_MSG(side_open(&s[k], g.be[k], (const float *const *)views, &err) == 0, "%s: %s",
-                  g.be[k]->name, err.msg);
-    free_views(views);
+    CHECK_MSG(sides_open(s, &g, 9, &err) == 0, "%s", err.msg);
 
     double loss[2];
     for (int k = 0; k < 2; k++)
@@ -243,13 +251,9 @@ TEST(cuda_dino_features)
     gpu_test g;
     if (!gpu_begin(&g, "fp32", 22))
         return;
-    float **views = random_views(10);
     side s[2] = {{0}, {0}};
     gd_err err;
-    for (int k = 0; k < 2; k++)
-        CHECK_MSG(side_open(&s[k], g.be[k], (const float *const *)views, &err) == 0, "%s: %s",
-                  g.be[k]->name, err.msg);
-    free_views(views);
+    CHECK_MSG(sides_open(s, &g, 10, &err) == 0, "%s", err.msg);
     size_t n = (size_t)2 * BATCH * small_model().embed_dim;
     float *f[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
     for (int k = 0; k < 2; k++)
