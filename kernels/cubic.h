@@ -1,4 +1,4 @@
-/* cubic.h: the bicubic taps of posinterp (ops.h), shared by the CPU and
+/* cubic.h: the bicubic resize of posinterp (ops.h), shared by the CPU and
  * the CUDA backends so that both resize the position embedding with the
  * same arithmetic.  Keys's cubic convolution with A = -0.75, as torch's
  * upsample_bicubic2d: torch computes 1/scale in double and the source
@@ -7,6 +7,7 @@
 #define GD_CUBIC_H
 
 #include <math.h>
+#include <stddef.h>
 
 #ifdef __CUDACC__
 #define GD_HD __host__ __device__
@@ -40,6 +41,38 @@ static inline GD_HD void gd_cubic_taps(int o, double scale, int in, int idx[4], 
     for (int k = 0; k < 4; k++) {
         int i = (int)fl - 1 + k;
         idx[k] = i < 0 ? 0 : i >= in ? in - 1 : i;
+    }
+}
+
+/* Output pixel (taps iy, wy by ix, wx), channel d: the 16-tap sum over the
+ * g x g grid of rows of D floats, in float64. */
+static inline GD_HD float gd_cubic_gather(const float *grid, int g, int D, int d, const int iy[4],
+                                          const double wy[4], const int ix[4], const double wx[4])
+{
+    double s = 0;
+    for (int a = 0; a < 4; a++)
+        for (int c = 0; c < 4; c++)
+            s += wy[a] * wx[c] * grid[((size_t)iy[a] * g + ix[c]) * D + d];
+    return (float)s;
+}
+
+/* The adjoint for channel d: the gradient of every output pixel (dout,
+ * after its CLS row) added back onto its 16 taps of grid, in raster order.
+ * The caller owns column d of grid. */
+static inline GD_HD void gd_cubic_scatter(float *grid, const float *dout, int g, int oh, int ow,
+                                          double sh, double sw, int D, int d)
+{
+    for (int y = 0; y < oh; y++) {
+        int iy[4], ix[4];
+        double wy[4], wx[4];
+        gd_cubic_taps(y, sh, g, iy, wy);
+        for (int x = 0; x < ow; x++) {
+            gd_cubic_taps(x, sw, g, ix, wx);
+            double v = dout[(1 + (size_t)y * ow + x) * D + d];
+            for (int a = 0; a < 4; a++)
+                for (int c = 0; c < 4; c++)
+                    grid[((size_t)iy[a] * g + ix[c]) * D + d] += (float)(wy[a] * wx[c] * v);
+        }
     }
 }
 

@@ -404,13 +404,8 @@ static void cpu_posinterp_fwd(gd_backend *be, float *out, const float *pos, int 
         for (int x = 0; x < ow; x++) {
             gd_cubic_taps(x, sw, g, ix, wx);
             float *o = out + (1 + (size_t)y * ow + x) * D;
-            for (int d = 0; d < D; d++) {
-                double s = 0;
-                for (int a = 0; a < 4; a++)
-                    for (int c = 0; c < 4; c++)
-                        s += wy[a] * wx[c] * grid[((size_t)iy[a] * g + ix[c]) * D + d];
-                o[d] = (float)s;
-            }
+            for (int d = 0; d < D; d++)
+                o[d] = gd_cubic_gather(grid, g, D, d, iy, wy, ix, wx);
         }
     }
 }
@@ -425,18 +420,7 @@ static void cpu_posinterp_bwd(gd_backend *be, float *dpos, const float *dout, in
     float *grid = dpos + D;
 #pragma omp parallel for if ((size_t)oh * ow * D * 16 > PAR_MIN)
     for (int d = 0; d < D; d++)
-        for (int y = 0; y < oh; y++) {
-            int iy[4], ix[4];
-            double wy[4], wx[4];
-            gd_cubic_taps(y, sh, g, iy, wy);
-            for (int x = 0; x < ow; x++) {
-                gd_cubic_taps(x, sw, g, ix, wx);
-                double v = dout[(1 + (size_t)y * ow + x) * D + d];
-                for (int a = 0; a < 4; a++)
-                    for (int c = 0; c < 4; c++)
-                        grid[((size_t)iy[a] * g + ix[c]) * D + d] += (float)(wy[a] * wx[c] * v);
-            }
-        }
+        gd_cubic_scatter(grid, dout, g, oh, ow, sh, sw, D, d);
 }
 
 /* One (batch, head) pair per task; q, k, v are strided views of qkv. */

@@ -155,6 +155,16 @@ unsigned grid_for(size_t n)
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);               \
          i += (size_t)gridDim.x * blockDim.x)
 
+/* An elementwise kernel over n elements on the backend's stream. */
+template <class K, class... A> void launch_n(cuda_ctx *c, size_t n, const char *op, K kernel,
+                                             A... args)
+{
+    if (!n)
+        return;
+    kernel<<<grid_for(n), NT, 0, c->stream>>>(args...);
+    launched(c, "%s(n=%zu)", op, n);
+}
+
 /* ---- block reductions (blockDim.x a multiple of 32, at most 1024) ---------------- */
 
 struct op_sum {
@@ -291,11 +301,7 @@ __global__ void fill_kernel(float *x, float v, size_t n)
 
 void cu_fill(gd_backend *be, float *x, float v, size_t n)
 {
-    cuda_ctx *c = enter(be);
-    if (!n)
-        return;
-    fill_kernel<<<grid_for(n), NT, 0, c->stream>>>(x, v, n);
-    launched(c, "fill(n=%zu)", n);
+    launch_n(enter(be), n, "fill", fill_kernel, x, v, n);
 }
 
 /* memmove semantics: overlapping ranges go through scratch */
@@ -362,29 +368,17 @@ __global__ void scale_rows_kernel(float *y, const float *x, const float *s, int 
 
 void cu_add(gd_backend *be, float *y, const float *a, const float *b, size_t n)
 {
-    cuda_ctx *c = enter(be);
-    if (!n)
-        return;
-    add_kernel<<<grid_for(n), NT, 0, c->stream>>>(y, a, b, n);
-    launched(c, "add(n=%zu)", n);
+    launch_n(enter(be), n, "add", add_kernel, y, a, b, n);
 }
 
 void cu_axpy(gd_backend *be, float *y, float alpha, const float *x, size_t n)
 {
-    cuda_ctx *c = enter(be);
-    if (!n)
-        return;
-    axpy_kernel<<<grid_for(n), NT, 0, c->stream>>>(y, alpha, x, n);
-    launched(c, "axpy(n=%zu)", n);
+    launch_n(enter(be), n, "axpy", axpy_kernel, y, alpha, x, n);
 }
 
 void cu_scale(gd_backend *be, float *x, float alpha, size_t n)
 {
-    cuda_ctx *c = enter(be);
-    if (!n)
-        return;
-    scale_kernel<<<grid_for(n), NT, 0, c->stream>>>(x, alpha, n);
-    launched(c, "scale(n=%zu)", n);
+    launch_n(enter(be), n, "scale", scale_kernel, x, alpha, n);
 }
 
 /* s_host is host memory: it is copied into scratch on the stream (an
@@ -536,20 +530,12 @@ __global__ void gelu_bwd_kernel(float *dx, const float *x, const float *dy, size
 
 void cu_gelu_fwd(gd_backend *be, float *y, const float *x, size_t n)
 {
-    cuda_ctx *c = enter(be);
-    if (!n)
-        return;
-    gelu_fwd_kernel<<<grid_for(n), NT, 0, c->stream>>>(y, x, n);
-    launched(c, "gelu_fwd(n=%zu)", n);
+    launch_n(enter(be), n, "gelu_fwd", gelu_fwd_kernel, y, x, n);
 }
 
 void cu_gelu_bwd(gd_backend *be, float *dx, const float *x, const float *dy, size_t n)
 {
-    cuda_ctx *c = enter(be);
-    if (!n)
-        return;
-    gelu_bwd_kernel<<<grid_for(n), NT, 0, c->stream>>>(dx, x, dy, n);
-    launched(c, "gelu_bwd(n=%zu)", n);
+    launch_n(enter(be), n, "gelu_bwd", gelu_bwd_kernel, dx, x, dy, n);
 }
 
 /* one block per row, as every row kernel below */
@@ -887,11 +873,7 @@ __global__ void posinterp_fwd_kernel(float *out, const float *pos, int g, int oh
         double wy[4], wx[4];
         gd_cubic_taps(y, sh, g, iy, wy);
         gd_cubic_taps(x, sw, g, ix, wx);
-        double s = 0;
-        for (int a = 0; a < 4; a++)
-            for (int b = 0; b < 4; b++)
-                s += wy[a] * wx[b] * grid[((size_t)iy[a] * g + ix[b]) * D + d];
-        out[(1 + (size_t)y * ow + x) * D + d] = (float)s;
+        out[(1 + (size_t)y * ow + x) * D + d] = gd_cubic_gather(grid, g, D, d, iy, wy, ix, wx);
     }
 }
 
@@ -905,19 +887,7 @@ __global__ void posinterp_bwd_kernel(float *dpos, const float *dout, int g, int 
     if (d >= D)
         return;
     dpos[d] += dout[d];
-    float *grid = dpos + D;
-    for (int y = 0; y < oh; y++) {
-        int iy[4], ix[4];
-        double wy[4], wx[4];
-        gd_cubic_taps(y, sh, g, iy, wy);
-        for (int x = 0; x < ow; x++) {
-            gd_cubic_taps(x, sw, g, ix, wx);
-            double v = dout[(1 + (size_t)y * ow + x) * D + d];
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 4; b++)
-                    grid[((size_t)iy[a] * g + ix[b]) * D + d] += (float)(wy[a] * wx[b] * v);
-        }
-    }
+    gd_cubic_scatter(dpos + D, dout, g, oh, ow, sh, sw, D, d);
 }
 
 void cu_posinterp_fwd(gd_backend *be, float *out, const float *pos, int g, int oh, int ow,
@@ -1267,11 +1237,7 @@ __global__ void ema_kernel(float *teacher, const float *student, float m, size_t
 
 void cu_ema(gd_backend *be, float *teacher, const float *student, float m, size_t n)
 {
-    cuda_ctx *c = enter(be);
-    if (!n)
-        return;
-    ema_kernel<<<grid_for(n), NT, 0, c->stream>>>(teacher, student, m, n);
-    launched(c, "ema(n=%zu)", n);
+    launch_n(enter(be), n, "ema", ema_kernel, teacher, student, m, n);
 }
 
 __global__ void finite_kernel(int *bad, const float *x, size_t n)
