@@ -36,7 +36,11 @@ enum prec_kind { P_FP32, P_TF32, P_BF16 };
 
 /* Scratch buffers, one per purpose so that no op overwrites another's
  * while both are queued. */
-enum ws_slot { WS_A, WS_B, WS_ROWS, WS_TMP, WS_RED, WS_LOSS, WS_FLAG, WS_NSLOTS };
+enum ws_slot {
+    WS_A, WS_B,                       /* gemm's bf16 operands */
+    WS_QKV, WS_ATT, WS_DOUT, WS_DATT, /* attention's bf16 operands */
+    WS_ROWS, WS_TMP, WS_RED, WS_LOSS, WS_FLAG, WS_NSLOTS
+};
 
 struct cuda_ctx {
     int device;
@@ -433,7 +437,24 @@ const __nv_bfloat16 *bf16_copy(cuda_ctx *c, ws_slot s, const float *x, size_t n)
  * ldc and strides.  The leading-dimension rules agree: row-major A with
  * ta false is M x K with lda >= K, i.e. column-major K x M, the
  * second operand untransposed, which needs lda >= k = K.  beta = 0 never
- * reads C (cuBLAS, like BLAS), so C may hold anything then. */
+ * reads C (cuBLAS, like BLAS), so C may hold anything then.
+ *
+ * A and B are float, or bf16 copies (bf16 true); C is float; the sum is
+ * fp32 (pedantic in the fp32 backend, tf32 products in the tf32 one). */
+void gemm_core(cuda_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha, const void *A,
+               int lda, long sa, const void *B, int ldb, long sb, float beta, float *C, int ldc,
+               long sc, int batch, bool bf16)
+{
+    cublasOperation_t opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cudaDataType t = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    cublasComputeType_t ct = c->prec == P_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    cublasStatus_t st = cublasGemmStridedBatchedEx(c->blas, opB, opA, N, M, K, &alpha, B, t, ldb,
+                                                   sb, A, t, lda, sa, &beta, C, CUDA_R_32F, ldc,
+                                                   sc, batch, ct, CUBLAS_GEMM_DEFAULT);
+    blas_ok(c, st, "gemm(ta=%d, tb=%d, M=%d, N=%d, K=%d, lda=%d, ldb=%d, ldc=%d, batch=%d%s)", ta,
+            tb, M, N, K, lda, ldb, ldc, batch, bf16 ? ", bf16" : "");
+}
+
 void cu_gemm(gd_backend *be, bool ta, bool tb, int M, int N, int K, float alpha, const float *A,
              int lda, long sa, const float *B, int ldb, long sb, float beta, float *C, int ldc,
              long sc, int batch)
@@ -441,42 +462,24 @@ void cu_gemm(gd_backend *be, bool ta, bool tb, int M, int N, int K, float alpha,
     cuda_ctx *c = enter(be);
     if (M <= 0 || N <= 0 || batch <= 0)
         return;
-#define GEMM_SHAPE "gemm(ta=%d, tb=%d, M=%d, N=%d, K=%d, lda=%d, ldb=%d, ldc=%d, batch=%d)"
-#define GEMM_ARGS ta, tb, M, N, K, lda, ldb, ldc, batch
     if (K < 0 || sa < 0 || sb < 0 || sc < 0) {
-        record(c, "cuda: " GEMM_SHAPE ": negative size or stride", GEMM_ARGS);
+        record(c, "cuda: gemm(ta=%d, tb=%d, M=%d, N=%d, K=%d, batch=%d): negative size or stride",
+               ta, tb, M, N, K, batch);
         return;
     }
-    cublasOperation_t opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasStatus_t st;
-    if (c->prec == P_FP32) {
-        st = cublasSgemmStridedBatched(c->blas, opB, opA, N, M, K, &alpha, B, ldb, sb, A, lda, sa,
-                                       &beta, C, ldc, sc, batch);
-    } else if (c->prec == P_TF32) {
-        st = cublasGemmStridedBatchedEx(c->blas, opB, opA, N, M, K, &alpha, B, CUDA_R_32F, ldb, sb,
-                                        A, CUDA_R_32F, lda, sa, &beta, C, CUDA_R_32F, ldc, sc,
-                                        batch, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT);
-    } else {
-        if (K == 0) { /* nothing to convert; C = beta C */
-            st = cublasSgemmStridedBatched(c->blas, opB, opA, N, M, K, &alpha, B, ldb, sb, A, lda,
-                                           sa, &beta, C, ldc, sc, batch);
-        } else {
-            /* stored shapes: A is (ta ? K x M : M x K), B is (tb ? N x K : K x N) */
-            size_t na = ta ? span_of(K, M, lda, sa, batch) : span_of(M, K, lda, sa, batch);
-            size_t nb = tb ? span_of(N, K, ldb, sb, batch) : span_of(K, N, ldb, sb, batch);
-            const __nv_bfloat16 *a16 = bf16_copy(c, WS_A, A, na);
-            const __nv_bfloat16 *b16 = a16 ? bf16_copy(c, WS_B, B, nb) : NULL;
-            if (!b16)
-                return;
-            st = cublasGemmStridedBatchedEx(c->blas, opB, opA, N, M, K, &alpha, b16, CUDA_R_16BF,
-                                            ldb, sb, a16, CUDA_R_16BF, lda, sa, &beta, C,
-                                            CUDA_R_32F, ldc, sc, batch, CUBLAS_COMPUTE_32F,
-                                            CUBLAS_GEMM_DEFAULT);
-        }
+    if (c->prec != P_BF16 || K == 0) { /* K = 0: C = beta C, nothing to convert */
+        gemm_core(c, ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch,
+                  false);
+        return;
     }
-    blas_ok(c, st, GEMM_SHAPE, GEMM_ARGS);
-#undef GEMM_SHAPE
-#undef GEMM_ARGS
+    /* stored shapes: A is (ta ? K x M : M x K), B is (tb ? N x K : K x N) */
+    size_t na = ta ? span_of(K, M, lda, sa, batch) : span_of(M, K, lda, sa, batch);
+    size_t nb = tb ? span_of(N, K, ldb, sb, batch) : span_of(K, N, ldb, sb, batch);
+    const __nv_bfloat16 *a16 = bf16_copy(c, WS_A, A, na);
+    const __nv_bfloat16 *b16 = a16 ? bf16_copy(c, WS_B, B, nb) : NULL;
+    if (b16)
+        gemm_core(c, ta, tb, M, N, K, alpha, a16, lda, sa, b16, ldb, sb, beta, C, ldc, sc, batch,
+                  true);
 }
 
 __global__ void bias_add_kernel(float *y, const float *bias, int rows, int n)
@@ -920,10 +923,30 @@ void cu_posinterp_bwd(gd_backend *be, float *dpos, const float *dout, int g, int
     launched(c, "posinterp_bwd(g=%d, oh=%d, ow=%d, D=%d)", g, oh, ow, D);
 }
 
-/* Attention as the CPU computes it, with the GEMMs batched over heads:
- * within one sample, head h of q, k, v starts h hd floats after head 0
- * (row stride 3 D), and its [T, T] block of att follows head h - 1's.
- * One batched GEMM per sample and product; the softmaxes in one launch. */
+/* The GEMM operands of attention: in bf16 one converted copy of the whole
+ * tensor (scratch slot s), else the float tensor itself; `at` offsets
+ * into either.  NULL (recorded) when the copy fails. */
+struct operand {
+    const void *p;
+    bool bf16;
+    const void *at(size_t off) const
+    {
+        return (const char *)p + off * (bf16 ? sizeof(__nv_bfloat16) : sizeof(float));
+    }
+};
+
+operand gemm_operand(cuda_ctx *c, ws_slot s, const float *x, size_t n)
+{
+    if (c->prec != P_BF16)
+        return operand{x, false};
+    return operand{bf16_copy(c, s, x, n), true};
+}
+
+/* Attention as the CPU computes it, with one batched GEMM per head and
+ * product: head h of sample b starts at b T 3D + h hd in qkv (rows 3D
+ * apart), so for a fixed head the samples are T 3D apart; its [T, T] block
+ * of att is at (b H + h) T T, so the samples are H T T apart.  The softmax
+ * of all rows in one launch. */
 void cu_attention_fwd(gd_backend *be, float *out, float *att, const float *qkv, int B, int T,
                       int H, int hd)
 {
@@ -931,20 +954,21 @@ void cu_attention_fwd(gd_backend *be, float *out, float *att, const float *qkv, 
     if (B <= 0 || T <= 0 || H <= 0 || hd <= 0)
         return;
     int D = H * hd, ld = 3 * D;
-    long TT = (long)T * T;
+    long TT = (long)T * T, sq = (long)T * ld;
     float scale = 1.0f / sqrtf((float)hd);
-    for (int b = 0; b < B; b++) {
-        const float *q = qkv + (size_t)b * T * ld, *k = q + D;
-        cu_gemm(be, false, true, T, T, hd, scale, q, ld, hd, k, ld, hd, 0.0f,
-                att + (size_t)b * H * TT, T, TT, H);
-    }
-    softmax_rows(c, att, att, 1.0, (size_t)B * H * T, T,
-                 "attention_fwd: softmax");
-    for (int b = 0; b < B; b++) {
-        const float *v = qkv + (size_t)b * T * ld + 2 * D;
-        cu_gemm(be, false, false, T, hd, T, 1.0f, att + (size_t)b * H * TT, T, TT, v, ld, hd, 0.0f,
-                out + (size_t)b * T * D, D, hd, H);
-    }
+    operand q = gemm_operand(c, WS_QKV, qkv, (size_t)B * sq);
+    if (!q.p)
+        return;
+    for (int h = 0; h < H; h++) /* S = scale q k^T */
+        gemm_core(c, false, true, T, T, hd, scale, q.at(h * hd), ld, sq, q.at(D + h * hd), ld, sq,
+                  0.0f, att + h * TT, T, H * TT, B, q.bf16);
+    softmax_rows(c, att, att, 1.0, (size_t)B * H * T, T, "attention_fwd: softmax");
+    operand P = gemm_operand(c, WS_ATT, att, (size_t)B * H * TT);
+    if (!P.p)
+        return;
+    for (int h = 0; h < H; h++) /* out = P v */
+        gemm_core(c, false, false, T, hd, T, 1.0f, P.at(h * TT), T, H * TT, q.at(2 * D + h * hd),
+                  ld, sq, 0.0f, out + h * hd, D, (long)T * D, B, P.bf16);
 }
 
 /* the softmax adjoint in place: dS = P (dP - rowdot(P, dP)) */
@@ -968,29 +992,34 @@ void cu_attention_bwd(gd_backend *be, float *dqkv, float *scratch_att, const flo
     if (B <= 0 || T <= 0 || H <= 0 || hd <= 0)
         return;
     int D = H * hd, ld = 3 * D;
-    long TT = (long)T * T;
+    long TT = (long)T * T, sq = (long)T * ld, so = (long)T * D;
     float scale = 1.0f / sqrtf((float)hd);
-    for (int b = 0; b < B; b++) { /* dP = dO v^T */
-        const float *v = qkv + (size_t)b * T * ld + 2 * D;
-        cu_gemm(be, false, true, T, T, hd, 1.0f, dout + (size_t)b * T * D, D, hd, v, ld, hd, 0.0f,
-                scratch_att + (size_t)b * H * TT, T, TT, H);
-    }
     size_t rows = (size_t)B * H * T;
     if (rows > 0x7fffffffu) {
         record(c, "cuda: attention_bwd(B=%d, T=%d, H=%d): too many rows", B, T, H);
         return;
     }
+    operand q = gemm_operand(c, WS_QKV, qkv, (size_t)B * sq);
+    operand dO = q.p ? gemm_operand(c, WS_DOUT, dout, (size_t)B * so) : operand{NULL, false};
+    operand P = dO.p ? gemm_operand(c, WS_ATT, att, (size_t)B * H * TT) : operand{NULL, false};
+    if (!P.p)
+        return;
+    for (int h = 0; h < H; h++) /* dP = dO v^T */
+        gemm_core(c, false, true, T, T, hd, 1.0f, dO.at(h * hd), D, so, q.at(2 * D + h * hd), ld,
+                  sq, 0.0f, scratch_att + h * TT, T, H * TT, B, q.bf16);
     softmax_bwd_kernel<<<(unsigned)rows, NT, 0, c->stream>>>(scratch_att, att, T);
     launched(c, "attention_bwd(B=%d, T=%d, H=%d, hd=%d)", B, T, H, hd);
-    for (int b = 0; b < B; b++) {
-        size_t base = (size_t)b * T * ld;
-        const float *q = qkv + base, *k = q + D;
-        float *dq = dqkv + base, *dk = dq + D, *dv = dq + 2 * D;
-        const float *dO = dout + (size_t)b * T * D;
-        const float *P = att + (size_t)b * H * TT, *dS = scratch_att + (size_t)b * H * TT;
-        cu_gemm(be, true, false, T, hd, T, 1.0f, P, T, TT, dO, D, hd, 0.0f, dv, ld, hd, H);
-        cu_gemm(be, false, false, T, hd, T, scale, dS, T, TT, k, ld, hd, 0.0f, dq, ld, hd, H);
-        cu_gemm(be, true, false, T, hd, T, scale, dS, T, TT, q, ld, hd, 0.0f, dk, ld, hd, H);
+    operand dS = gemm_operand(c, WS_DATT, scratch_att, (size_t)B * H * TT);
+    if (!dS.p)
+        return;
+    for (int h = 0; h < H; h++) {
+        /* dv = P^T dO, dq = scale dS k, dk = scale dS^T q */
+        gemm_core(c, true, false, T, hd, T, 1.0f, P.at(h * TT), T, H * TT, dO.at(h * hd), D, so,
+                  0.0f, dqkv + 2 * D + h * hd, ld, sq, B, q.bf16);
+        gemm_core(c, false, false, T, hd, T, scale, dS.at(h * TT), T, H * TT, q.at(D + h * hd), ld,
+                  sq, 0.0f, dqkv + h * hd, ld, sq, B, q.bf16);
+        gemm_core(c, true, false, T, hd, T, scale, dS.at(h * TT), T, H * TT, q.at(h * hd), ld, sq,
+                  0.0f, dqkv + D + h * hd, ld, sq, B, q.bf16);
     }
 }
 
