@@ -60,7 +60,10 @@ TEST(cuda_saxpy_matches_cpu)
 static const size_t lengths[] = {1, 7, 1000, 65537, 1000003};
 #define NLEN (sizeof lengths / sizeof lengths[0])
 
-TEST(cuda_fill_copy_add_axpy_scale)
+/* Elementwise float arithmetic is IEEE on both sides and the CUDA kernels
+ * are built with --fmad=false: the same bits (tolerance 0), which
+ * ema-update's bit-for-bit test relies on. */
+TEST(cuda_elementwise_bitwise)
 {
     gpu_test t;
     if (!gpu_begin(&t, "fp32", 3))
@@ -70,6 +73,11 @@ TEST(cuda_fill_copy_add_axpy_scale)
         pair *a = pair_in(&t, n, 1), *b = pair_in(&t, n, 2), *f = pair_out(&t, n);
         pair *cp = pair_out(&t, n), *sum = pair_out(&t, n), *y = pair_acc(&t, n, 1);
         pair *sc = pair_in(&t, n, 1), *mv = pair_in(&t, n + 5, 1);
+        pair *tch = pair_in(&t, n, 1), *p = pair_in(&t, n, 1), *m = pair_in(&t, n, 0.01),
+             *v = pair_in(&t, n, 0.01);
+        for (size_t i = 0; i < n; i++)
+            v->h[i] = fabsf(v->h[i]); /* a second moment is not negative */
+        SIDES(s) BE(s)->upload(BE(s), D(v, s), v->h, n, NULL);
         SIDES(s)
         {
             BE(s)->fill(BE(s), D(f, s), -2.5f, n);
@@ -78,14 +86,21 @@ TEST(cuda_fill_copy_add_axpy_scale)
             BE(s)->axpy(BE(s), D(y, s), 0.37f, D(b, s), n);
             BE(s)->scale(BE(s), D(sc, s), -1.7f, n);
             BE(s)->copy(BE(s), D(mv, s) + 3, D(mv, s), n); /* overlapping: memmove */
+            BE(s)->ema(BE(s), D(tch, s), D(a, s), 0.996f, n);
+            BE(s)->adamw(BE(s), D(p, s), D(b, s), D(m, s), D(v, s), n, 5e-4f, 0.04f, 0.9f, 0.999f,
+                         1e-8f, 3);
         }
         SYNC(&t);
-        CHECK_CLOSE(&t, f, TOL_FP32, "fill n=%zu", n);
-        CHECK_CLOSE(&t, cp, TOL_FP32, "copy n=%zu", n);
-        CHECK_CLOSE(&t, sum, TOL_FP32, "add n=%zu", n);
-        CHECK_CLOSE(&t, y, TOL_FP32, "axpy n=%zu", n);
-        CHECK_CLOSE(&t, sc, TOL_FP32, "scale n=%zu", n);
-        CHECK_CLOSE(&t, mv, TOL_FP32, "overlapping copy n=%zu", n);
+        CHECK_CLOSE(&t, f, 0, "fill n=%zu", n);
+        CHECK_CLOSE(&t, cp, 0, "copy n=%zu", n);
+        CHECK_CLOSE(&t, sum, 0, "add n=%zu", n);
+        CHECK_CLOSE(&t, y, 0, "axpy n=%zu", n);
+        CHECK_CLOSE(&t, sc, 0, "scale n=%zu", n);
+        CHECK_CLOSE(&t, mv, 0, "overlapping copy n=%zu", n);
+        CHECK_CLOSE(&t, tch, 0, "ema n=%zu", n);
+        CHECK_CLOSE(&t, p, 0, "adamw p n=%zu", n);
+        CHECK_CLOSE(&t, m, 0, "adamw m n=%zu", n);
+        CHECK_CLOSE(&t, v, 0, "adamw v n=%zu", n);
         gpu_end(&t);
     }
 }
