@@ -39,6 +39,7 @@ enum prec_kind { P_FP32, P_TF32, P_BF16 };
 enum ws_slot {
     WS_A, WS_B,                       /* gemm's bf16 operands */
     WS_QKV, WS_ATT, WS_DOUT, WS_DATT, /* attention's bf16 operands */
+    WS_COL,                           /* column sums' partial sums */
     WS_ROWS, WS_TMP, WS_RED, WS_LOSS, WS_FLAG, WS_NSLOTS
 };
 
@@ -210,15 +211,24 @@ __device__ double block_max(double v) { return block_reduce<op_max>(v); }
 
 /* ---- column sums: out[i] from sum over r of f.term(r, i), in float64 -------------- */
 
-/* Blocks of 32 columns x CS row phases; one thread finishes each column. */
+/* Blocks of 32 columns x CS row phases over one chunk of rows.  With one
+ * chunk the block finishes its columns; with several (tall inputs: a
+ * bias gradient over B x T rows) each writes a partial sum and
+ * colsum_finish adds the chunks in order.  The chunks depend on the shape
+ * only, so the bits do not change from run to run. */
 const int CS = 8;
-template <class F> __global__ void colsum_kernel(F f, int rows, size_t n)
+const int COL_CHUNKS = 64;    /* at most */
+const int COL_CHUNK_MIN = 64; /* rows */
+
+template <class F>
+__global__ void colsum_kernel(F f, int rows, size_t n, int chunk, double *part)
 {
     __shared__ double sh[CS][33];
     size_t i = (size_t)blockIdx.x * 32 + threadIdx.x;
+    int r0 = blockIdx.y * chunk, r1 = rows - r0 < chunk ? rows : r0 + chunk;
     double s = 0;
     if (i < n)
-        for (int r = threadIdx.y; r < rows; r += CS)
+        for (int r = r0 + threadIdx.y; r < r1; r += CS)
             s += f.term(r, i);
     sh[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
@@ -226,21 +236,46 @@ template <class F> __global__ void colsum_kernel(F f, int rows, size_t n)
         double t = 0;
         for (int k = 0; k < CS; k++)
             t += sh[k][threadIdx.x];
+        if (gridDim.y == 1)
+            f.write(i, t);
+        else
+            part[blockIdx.y * n + i] = t;
+    }
+}
+
+template <class F> __global__ void colsum_finish(F f, size_t n, const double *part, int nparts)
+{
+    GRID_STRIDE(i, n)
+    {
+        double t = 0;
+        for (int k = 0; k < nparts; k++)
+            t += part[k * n + i];
         f.write(i, t);
     }
 }
 
 template <class F> void colsum(cuda_ctx *c, F f, int rows, size_t n, const char *op)
 {
-    if (n == 0)
+    if (n == 0 || rows < 0)
         return;
     size_t nb = (n + 31) / 32;
     if (nb > 0x7fffffffu) {
         record(c, "cuda: %s(rows=%d, n=%zu): too many columns", op, rows, n);
         return;
     }
-    colsum_kernel<<<(unsigned)nb, dim3(32, CS), 0, c->stream>>>(f, rows, n);
+    int nparts = rows / COL_CHUNK_MIN;
+    nparts = nparts < 1 ? 1 : nparts > COL_CHUNKS ? COL_CHUNKS : nparts;
+    int chunk = rows > 0 ? (rows + nparts - 1) / nparts : 1;
+    double *part = NULL;
+    if (nparts > 1 && !(part = (double *)scratch(c, WS_COL, nparts * n * sizeof(double), op)))
+        return;
+    colsum_kernel<<<dim3((unsigned)nb, nparts), dim3(32, CS), 0, c->stream>>>(f, rows, n, chunk,
+                                                                             part);
     launched(c, "%s(rows=%d, n=%zu)", op, rows, n);
+    if (nparts > 1) {
+        colsum_finish<<<grid_for(n), NT, 0, c->stream>>>(f, n, part, nparts);
+        launched(c, "%s(rows=%d, n=%zu): finish", op, rows, n);
+    }
 }
 
 /* ---- memory ---------------------------------------------------------------------- */
