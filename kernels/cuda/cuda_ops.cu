@@ -3,9 +3,9 @@
  * First version, written for correctness: every op reproduces the CPU
  * reference (kernels/cpu/cpu_ops.c) operation for operation, with the same
  * float64 accumulations, and is checked against it by tests/gpu.  Kernels
- * are the plain kind: one thread per output element, or one block per row
- * with a float64 shared-memory reduction, or one thread per column for
- * column sums.  GEMMs go through cuBLAS (fp32, tf32 or bf16 operands with
+ * are the plain kind: one thread per output element, one block per row
+ * with a float64 shared-memory reduction, or column sums over chunks of
+ * rows added in a fixed order.  GEMMs go through cuBLAS (fp32, tf32 or bf16 operands with
  * fp32 accumulation); everything else stays in fp32 whatever the precision.
  *
  * All work is queued on one stream of the backend.  Compute ops return
@@ -34,8 +34,8 @@ namespace {
 
 enum prec_kind { P_FP32, P_TF32, P_BF16 };
 
-/* Scratch buffers, one per purpose so that no op overwrites another's
- * while both are queued. */
+/* Scratch buffers.  Stream order makes it safe for consecutive ops to
+ * reuse one; an op that needs several at once takes distinct slots. */
 enum ws_slot {
     WS_A, WS_B,                       /* gemm's bf16 operands */
     WS_QKV, WS_ATT, WS_DOUT, WS_DATT, /* attention's bf16 operands */
