@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "cli.h"
 #include "comm.h"
 #include "io.h"
@@ -382,7 +383,8 @@ typedef struct run {
     int keep;
     bool progress, collapse_check;
     long collapse_window;
-    gd_backend *be;
+    gd_backend *be;          /* opened after the communicator: a rank's GPU */
+    const char *device, *precision;
     run_config cfg;
     msg *ck;                 /* the loaded checkpoint, until the trainer exists */
     dino_trainer *t;
@@ -583,6 +585,7 @@ static void run_free(run *r)
         fputc('\n', stderr);
     views_free(&r->v);
     dino_trainer_free(r->t);
+    gd_backend_close(r->be);
     msg_free(r->ck);
     free(r->center);
     run_config_free(&r->cfg);
@@ -593,15 +596,15 @@ static void run_free(run *r)
 /* Options common to train and serve. */
 enum {
     T_CKPT = 300, T_STEPS, T_SAVE, T_KEEP, T_LOG, T_LOGE, T_COLL, T_COLLW, T_DEVICE, T_QUIET,
-    T_PROGRESS, T_RESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK, T_CTIMEOUT
+    T_PROGRESS, T_RESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK, T_CTIMEOUT, T_PRECISION
 };
 static const struct option train_longs[] = {
     {"ckpt", 1, 0, T_CKPT}, {"steps", 1, 0, T_STEPS}, {"save-every", 1, 0, T_SAVE},
     {"keep", 1, 0, T_KEEP}, {"log", 1, 0, T_LOG}, {"log-every", 1, 0, T_LOGE},
     {"collapse-check", 0, 0, T_COLL}, {"collapse-window", 1, 0, T_COLLW},
-    {"device", 1, 0, T_DEVICE}, {"quiet", 0, 0, T_QUIET}, {"progress", 0, 0, T_PROGRESS},
-    {"resume", 0, 0, T_RESUME}, {"socket", 1, 0, T_SOCKET}, {"max-message", 1, 0, T_MAXMSG},
-    {"distributed", 1, 0, T_DIST}, {"check-every", 1, 0, T_CHECK},
+    {"device", 1, 0, T_DEVICE}, {"precision", 1, 0, T_PRECISION}, {"quiet", 0, 0, T_QUIET},
+    {"progress", 0, 0, T_PROGRESS}, {"resume", 0, 0, T_RESUME}, {"socket", 1, 0, T_SOCKET},
+    {"max-message", 1, 0, T_MAXMSG}, {"distributed", 1, 0, T_DIST}, {"check-every", 1, 0, T_CHECK},
     {"comm-timeout", 1, 0, T_CTIMEOUT},
     {"help", 0, 0, 'h'}, {"version", 0, 0, T_VERSION}, {0, 0, 0, 0}};
 
@@ -623,7 +626,10 @@ static void usage_train(void)
            "  --log-every N        every N steps (default 10)\n"
            "  --collapse-check     warn when the teacher output stays uniform or one-hot\n"
            "  --collapse-window N  ... for N steps in a row (default 100)\n"
-           "  --device auto|cpu|cuda   compute backend (auto: the CPU until CUDA is built)\n"
+           "  --device auto|cpu|cuda[:N]  compute backend (auto: CUDA when built and a GPU is\n"
+           "                       present, else the CPU)\n"
+           "  --precision auto|fp32|tf32|bf16  GEMM operands on the GPU (auto: bf16 where the\n"
+           "                       GPU has it); accumulation, weights and optimizer stay fp32\n"
            "  --quiet, --progress  progress line on stderr: never / always (default: terminal)\n"
            "  --resume             continue from the checkpoint's step (the default)\n"
            "train only, data-parallel (mpirun -np N / srun dino-step train ...):\n"
@@ -637,13 +643,17 @@ static void usage_train(void)
            "  -h, --help, --version\n");
 }
 
-static gd_backend *pick_device(const char *d)
+/* The backend by name (backend.h): bad names are usage errors, a device
+ * that cannot be opened a runtime one. */
+static gd_backend *pick_device(const char *d, const char *precision)
 {
-    if (!strcmp(d, "cpu") || !strcmp(d, "auto"))
-        return gd_backend_cpu();
-    if (!strcmp(d, "cuda"))
-        cli_fail("--device cuda: the CUDA backend is not built yet; use --device cpu");
-    cli_usage("--device: '%s' is not auto, cpu or cuda", d);
+    gd_err err;
+    if (gd_backend_check_names(d, precision, &err))
+        cli_usage("%s", err.msg);
+    gd_backend *be = gd_backend_open(d, precision, &err);
+    if (!be)
+        cli_fail("--device %s: %s", d, err.msg);
+    return be;
 }
 
 static size_t parse_size(const char *opt, const char *s)
@@ -683,7 +693,7 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
     r->comm_timeout = 1800;
     r->collapse_window = 100;
     bool quiet = false, progress = false;
-    const char *device = "auto";
+    const char *device = "auto", *precision = "auto";
     int o;
     while ((o = getopt_long(argc, argv, "h", train_longs, NULL)) != -1) {
         switch (o) {
@@ -696,6 +706,7 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
         case T_COLL: r->collapse_check = true; break;
         case T_COLLW: r->collapse_window = cli_long("--collapse-window", optarg, 1, 1L << 40); break;
         case T_DEVICE: device = optarg; break;
+        case T_PRECISION: precision = optarg; break;
         case T_QUIET: quiet = true; break;
         case T_PROGRESS: progress = true; break;
         case T_RESUME: break;
@@ -725,7 +736,10 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
         cli_usage("--ckpt CKPT.mpt is required (make one with 'dino-step init')");
     if (serve && !*socket_path)
         cli_usage("serve: --socket PATH is required");
-    r->be = pick_device(device);
+    gd_err err;
+    if (gd_backend_check_names(device, precision, &err))
+        cli_usage("%s", err.msg);
+    r->device = device, r->precision = precision;
     r->progress = cli_progress_enabled(quiet, progress);
 }
 
@@ -779,13 +793,20 @@ static void open_comm(run *r)
         r->comm = gd_comm_single();
         return;
     }
-    /* With the CUDA backend, its device must then be the rank's on the
-     * node, r->comm->local_rank, as the NCCL plugin assumes. */
     gd_err err;
-    gd_comm_opts o = {.backend = r->be->name, .timeout_s = r->comm_timeout};
+    gd_comm_opts o = {.backend = gd_backend_kind(r->device), .timeout_s = r->comm_timeout};
     if (!(r->comm = gd_comm_open(&o, &err)))
         cli_fail("distributed training: %s", err.msg);
     r->progress = r->progress && r->comm->rank == 0;
+}
+
+/* The backend, after the communicator: a rank of a distributed run takes
+ * the GPU of its local rank, the one the NCCL plugin selected. */
+static void open_backend(run *r)
+{
+    static char device[64];
+    gd_backend_rank_device(r->device, r->comm->local_rank, device, sizeof device);
+    r->be = pick_device(device, r->precision);
 }
 
 /* The consistency guard: every rank hashes its weights (student and
@@ -843,6 +864,7 @@ static int cmd_train(int argc, char **argv)
     if (optind < argc)
         cli_usage("train: unexpected argument '%s'", argv[optind]);
     open_comm(&r);
+    open_backend(&r);
     static char input_r[4096];
     gd_err perr;
     if (gd_comm_expand(input, r.comm->rank, input_r, sizeof input_r, &perr))
@@ -1107,6 +1129,7 @@ static int cmd_serve(int argc, char **argv)
     if (gd_comm_launched_world() > 1)
         cli_usage("serve is one process; data-parallel training is 'dino-step train' under "
                   "mpirun or srun");
+    open_backend(&r);
     run_load(&r);
     install_signals();
     serve_listen(path);
@@ -1334,18 +1357,19 @@ static void usage_embed(void)
            "  --stats FILE             normalize with this stats message instead\n"
            "  --batch-size N           tiles per forward pass, even (default 4)\n"
            "  -o, --output FILE        the features message (default: standard output)\n"
-           "  --device auto|cpu|cuda\n"
+           "  --device auto|cpu|cuda[:N], --precision auto|fp32|tf32|bf16  as for train\n"
            "  -h, --help, --version\n");
 }
 
 static int cmd_embed(int argc, char **argv)
 {
-    enum { E_CKPT = 400, E_WHICH, E_LIST, E_STATS, E_BS, E_DEV, E_VERSION };
+    enum { E_CKPT = 400, E_WHICH, E_LIST, E_STATS, E_BS, E_DEV, E_PREC, E_VERSION };
     static const struct option longs[] = {
         {"ckpt", 1, 0, E_CKPT}, {"which", 1, 0, E_WHICH}, {"list", 1, 0, E_LIST},
         {"stats", 1, 0, E_STATS}, {"batch-size", 1, 0, E_BS}, {"output", 1, 0, 'o'},
-        {"device", 1, 0, E_DEV}, {"help", 0, 0, 'h'}, {"version", 0, 0, E_VERSION}, {0, 0, 0, 0}};
-    const char *ckpt = NULL, *list = NULL, *stats = NULL, *out = "-", *device = "auto";
+        {"device", 1, 0, E_DEV}, {"precision", 1, 0, E_PREC}, {"help", 0, 0, 'h'}, {"version", 0, 0, E_VERSION}, {0, 0, 0, 0}};
+    const char *ckpt = NULL, *list = NULL, *stats = NULL, *out = "-", *device = "auto",
+               *precision = "auto";
     dino_role role = DINO_TEACHER;
     long bs = 4;
     int o;
@@ -1365,6 +1389,7 @@ static int cmd_embed(int argc, char **argv)
         case E_BS: bs = cli_long("--batch-size", optarg, 2, 4096); break;
         case 'o': out = optarg; break;
         case E_DEV: device = optarg; break;
+        case E_PREC: precision = optarg; break;
         case 'h': usage_embed(); exit(0);
         case E_VERSION: cli_print_version(); exit(0);
         default: cli_usage("unknown option");
@@ -1374,7 +1399,7 @@ static int cmd_embed(int argc, char **argv)
         cli_usage("embed: --ckpt CKPT.mpt is required");
     if (bs % 2)
         cli_usage("--batch-size: %ld is odd", bs);
-    gd_backend *be = pick_device(device);
+    gd_backend *be = pick_device(device, precision);
     samples ss = {0};
     if (list)
         read_label_list(&ss, list);
@@ -1489,6 +1514,7 @@ static int cmd_embed(int argc, char **argv)
     free(ss.s);
     views_free(&v);
     dino_trainer_free(t);
+    gd_backend_close(be);
     run_config_free(&cfg);
     return 0;
 }

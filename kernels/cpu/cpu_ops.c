@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cubic.h"
 #include "ops.h"
 
 /* Loops shorter than this stay on one thread: forking costs more. */
@@ -390,31 +391,6 @@ static void cpu_tokens_bwd(gd_backend *be, float *dpatches, float *dcls, float *
     }
 }
 
-/* Keys's cubic convolution with A = -0.75, torch's upsample_bicubic2d. */
-static void cubic_weights(double t, double w[4])
-{
-    const double A = -0.75;
-    double x1 = t + 1, x2 = t, x3 = 1 - t, x4 = 2 - t;
-    w[0] = ((A * x1 - 5 * A) * x1 + 8 * A) * x1 - 4 * A;
-    w[1] = ((A + 2) * x2 - (A + 3)) * x2 * x2 + 1;
-    w[2] = ((A + 2) * x3 - (A + 3)) * x3 * x3 + 1;
-    w[3] = ((A * x4 - 5 * A) * x4 + 8 * A) * x4 - 4 * A;
-}
-
-/* For output index o: the 4 clamped source indices and their weights. */
-static void cubic_taps(int o, double scale, int in, int idx[4], double w[4])
-{
-    /* torch computes 1/scale in double and the coordinate in float */
-    float ratio = (float)(1.0 / scale);
-    float real = ratio * (o + 0.5f) - 0.5f;
-    float fl = floorf(real);
-    cubic_weights(real - fl, w);
-    for (int k = 0; k < 4; k++) {
-        int i = (int)fl - 1 + k;
-        idx[k] = i < 0 ? 0 : i >= in ? in - 1 : i;
-    }
-}
-
 static void cpu_posinterp_fwd(gd_backend *be, float *out, const float *pos, int g, int oh, int ow,
                               double sh, double sw, int D)
 {
@@ -424,17 +400,12 @@ static void cpu_posinterp_fwd(gd_backend *be, float *out, const float *pos, int 
     for (int y = 0; y < oh; y++) {
         int iy[4], ix[4];
         double wy[4], wx[4];
-        cubic_taps(y, sh, g, iy, wy);
+        gd_cubic_taps(y, sh, g, iy, wy);
         for (int x = 0; x < ow; x++) {
-            cubic_taps(x, sw, g, ix, wx);
+            gd_cubic_taps(x, sw, g, ix, wx);
             float *o = out + (1 + (size_t)y * ow + x) * D;
-            for (int d = 0; d < D; d++) {
-                double s = 0;
-                for (int a = 0; a < 4; a++)
-                    for (int c = 0; c < 4; c++)
-                        s += wy[a] * wx[c] * grid[((size_t)iy[a] * g + ix[c]) * D + d];
-                o[d] = (float)s;
-            }
+            for (int d = 0; d < D; d++)
+                o[d] = gd_cubic_gather(grid, g, D, d, iy, wy, ix, wx);
         }
     }
 }
@@ -449,18 +420,7 @@ static void cpu_posinterp_bwd(gd_backend *be, float *dpos, const float *dout, in
     float *grid = dpos + D;
 #pragma omp parallel for if ((size_t)oh * ow * D * 16 > PAR_MIN)
     for (int d = 0; d < D; d++)
-        for (int y = 0; y < oh; y++) {
-            int iy[4], ix[4];
-            double wy[4], wx[4];
-            cubic_taps(y, sh, g, iy, wy);
-            for (int x = 0; x < ow; x++) {
-                cubic_taps(x, sw, g, ix, wx);
-                double v = dout[(1 + (size_t)y * ow + x) * D + d];
-                for (int a = 0; a < 4; a++)
-                    for (int c = 0; c < 4; c++)
-                        grid[((size_t)iy[a] * g + ix[c]) * D + d] += (float)(wy[a] * wx[c] * v);
-            }
-        }
+        gd_cubic_scatter(grid, dout, g, oh, ow, sh, sw, D, d);
 }
 
 /* One (batch, head) pair per task; q, k, v are strided views of qkv. */

@@ -38,6 +38,16 @@ extern "C" int gd_cuda_describe(int index, char *buf, size_t len, gd_err *err)
     return 0;
 }
 
+extern "C" int gd_cuda_has_bf16(int index)
+{
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return major >= 8;
+}
+
 __global__ static void saxpy_kernel(float a, const float *x, float *y, size_t n)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;

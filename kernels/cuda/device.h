@@ -1,12 +1,13 @@
-/* device.h: the CUDA side of geodino, as plain C.  For now: finding the
- * GPU and one kernel to prove the build, link and launch path; the ops of
- * kernels/ops.h arrive with the CUDA backend. */
+/* device.h: the CUDA side of geodino, as plain C: finding the GPU, one
+ * kernel that proves the build, link and launch path, and the CUDA backend
+ * of kernels/ops.h (cuda_ops.cu). */
 #ifndef GD_CUDA_DEVICE_H
 #define GD_CUDA_DEVICE_H
 
 #include <stddef.h>
 
 #include "err.h"
+#include "ops.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -20,9 +21,23 @@ int gd_cuda_device_count(gd_err *err);
 /* One line describing device `index` (name, memory, compute capability). */
 int gd_cuda_describe(int index, char *buf, size_t len, gd_err *err);
 
+/* 1 when device `index` computes in bf16 (compute capability 8.0 or
+ * more), 0 when not or when it cannot be asked. */
+int gd_cuda_has_bf16(int index);
+
 /* y[i] = a * x[i] + y[i] on the GPU, for n floats in host memory: uploads,
  * launches, downloads, checks every step. */
 int gd_cuda_saxpy(float a, const float *x, float *y, size_t n, gd_err *err);
+
+/* The CUDA backend of ops.h on GPU `device`, its GEMMs in `precision`:
+ * "fp32" (the parity reference), "tf32" or "bf16" (operands rounded,
+ * fp32 accumulation; compute capability 8.0 or more).  Every other op is
+ * fp32 with the CPU's float64 accumulations.  NULL with the reason in err
+ * (no GPU, no such device, bad precision).  Free with gd_backend_cuda_free. */
+gd_backend *gd_backend_cuda(int device, const char *precision, gd_err *err);
+void gd_backend_cuda_free(gd_backend *be);
+/* "fp32", "tf32" or "bf16" */
+const char *gd_backend_cuda_precision(const gd_backend *be);
 
 #ifdef __cplusplus
 }

@@ -299,15 +299,27 @@ PY
     assert_output --partial "dino-step: step 2: collapse? the teacher output has been uniform for 2 steps"
 }
 
-@test "--device: auto and cpu train, cuda is refused clearly" {
+@test "--device/--precision: cpu trains; cuda trains or is refused clearly; bad names are usage errors" {
     batches
     init -o "$TMP/c.mpt"
-    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device cuda "$TMP/b1.mpt"
-    assert_failure 1
-    assert_output "dino-step: --device cuda: the CUDA backend is not built yet; use --device cpu"
+    init -o "$TMP/g.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/g.mpt" --device cuda "$TMP/b1.mpt"
+    if [ "$status" -eq 0 ]; then    # a GPU and a CUDA build: it trained
+        run meta "$TMP/g.mpt" step
+        assert_output "2"
+    else
+        assert_failure 1
+        assert_output --regexp '^dino-step: --device cuda: (this build has no CUDA backend|no CUDA device)'
+    fi
     run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device tpu "$TMP/b1.mpt"
     assert_failure 2
-    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device cpu "$TMP/b1.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --precision fp16 "$TMP/b1.mpt"
+    assert_failure 2
+    assert_output --partial "'fp16' is not auto, fp32, tf32 or bf16"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device cpu --precision bf16 "$TMP/b1.mpt"
+    assert_failure 2
+    assert_output --partial "the CPU backend computes in fp32 only"
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device cpu --precision fp32 "$TMP/b1.mpt"
     run meta "$TMP/c.mpt" step
     assert_output "2"
 }
