@@ -887,3 +887,24 @@ int dino_trainer_set_center(dino_trainer *t, const float *host, gd_err *err)
 {
     return t->be->upload(t->be, t->center, host, t->mc.out_dim, err);
 }
+
+/* Additive, for mpa-adapt: the same teacher-group forward as
+ * dino_trainer_features, keeping the patch tokens of chosen blocks. */
+int dino_trainer_tokens(dino_trainer *t, dino_role r, float *const *views, const int *blocks,
+                        int nblocks, float *const *out, gd_err *err)
+{
+    if (r != DINO_STUDENT && r != DINO_TEACHER)
+        return gd_errf(err, "tokens: only the student or the teacher");
+    if (t->ntg != 1)
+        return gd_errf(err, "tokens: the two global views must have one size");
+    for (int l = 0; l < nblocks; l++)
+        if (blocks[l] < 1 || blocks[l] > t->mc.depth)
+            return gd_errf(err, "tokens: block %d is outside 1..%d", blocks[l], t->mc.depth);
+    int D = t->mc.embed_dim;
+    grp *g = &t->tg[0];
+    group_fwd(t, g, 0, &t->w[r], views, t->tfeat, false, 0);
+    for (int l = 0; l < nblocks; l++)
+        t->be->copy_rows(t->be, out[l], (size_t)g->np * D, g->blk[blocks[l] - 1].xout + D,
+                         (size_t)g->T * D, g->B, (size_t)g->np * D);
+    return t->be->sync(t->be, err);
+}
