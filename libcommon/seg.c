@@ -87,6 +87,18 @@ const seg_cfg *seg_model_cfg(const seg_model *s) { return &s->c; }
 const run_config *seg_model_run(const seg_model *s) { return &s->rc; }
 int seg_model_batch(const seg_model *s) { return 2 * s->B; }
 
+float *seg_model_params(seg_model *s, size_t *n)
+{
+    *n = s->dfloats;
+    return s->P;
+}
+
+float *seg_model_grads(seg_model *s, size_t *n)
+{
+    *n = s->dfloats;
+    return s->G;
+}
+
 /* ---- construction ---------------------------------------------------------- */
 
 static void dreg(seg_model *s, const char *name, int ndim, int64_t a, int64_t b)
