@@ -2,6 +2,7 @@
 """A domain-shift segmentation benchmark from the bundled Landsat 7 scene.
 
     adapt-data.py OUT [--scene tests/data/L7_ETMs.tif] [--tile 24] [--stride 12] [--seed 0]
+                      [--strength 1]
 
 Labels: every pixel gets the land-cover class of pipelines/l7-landcover.py
 (its pixel_classes rule on the scene's own spectral indices):
@@ -23,6 +24,9 @@ in reflectance-like units (value / 255) before tiling:
      coarser ground sampling distance on the same grid);
   4. a Gaussian blur (sigma 0.8 px, the point spread function);
   5. Gaussian noise, sigma 0.02, seeded;
+  --strength S scales steps 1, 2 and 5 away from the identity (mixing
+  0.25 S, gains 1 + S (g - 1), offsets S o, noise 0.02 S); blur and the
+  resolution change stay;
   then back to uint8 (x 255, rounded, clipped).
 The labels of target tiles are the labels of the same pixels in the
 source scene (the ground does not change, the sensor does).
@@ -64,21 +68,23 @@ def blur(x, sigma):
     return sum(k[i] * pad[:, :, i:i + x.shape[2]] for i in range(2 * r + 1))
 
 
-def sensor_shift(data, seed):
+def sensor_shift(data, seed, strength):
     x = data.astype(np.float64) / 255.0
     C = x.shape[0]
-    M = 0.75 * np.eye(C)
+    mix = 0.25 * strength
+    M = (1 - mix) * np.eye(C)
     for c in range(C):
         nb = [n for n in (c - 1, c + 1) if 0 <= n < C]
         for n in nb:
-            M[c, n] = 0.25 / len(nb)
+            M[c, n] = mix / len(nb)
     x = np.einsum("ij,jhw->ihw", M, x)
-    x = x * GAINS[:C, None, None] + OFFSETS[:C, None, None]
+    gains = 1 + strength * (GAINS[:C] - 1)
+    x = x * gains[:, None, None] + strength * OFFSETS[:C, None, None]
     H, W = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
     coarse = x[:, :H, :W].reshape(C, H // 2, 2, W // 2, 2).mean(axis=(2, 4))
     x[:, :H, :W] = coarse.repeat(2, axis=1).repeat(2, axis=2)
     x = blur(x, 0.8)
-    x = x + np.random.default_rng(seed).normal(0, 0.02, x.shape)
+    x = x + np.random.default_rng(seed).normal(0, 0.02 * strength, x.shape)
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
@@ -99,12 +105,14 @@ def main():
     p.add_argument("--stride", type=int, default=12)
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="scales the mixing, gains, offsets and noise away from identity")
     p.add_argument("--max-tiles", type=int, default=0, help="per set (0: all), for tests")
     a = p.parse_args()
 
     data = gdal.Open(a.scene).ReadAsArray()
     cls = pixel_classes(data.astype(np.float64)).astype(np.uint8)
-    shifted = sensor_shift(data, a.seed)
+    shifted = sensor_shift(data, a.seed, a.strength)
     _, H, W = data.shape
     bh, bw = H // a.blocks, W // a.blocks
     sets = {"src-train": [], "tgt-train": [], "tgt-test": []}
@@ -134,7 +142,7 @@ def main():
     with open(os.path.join(a.out, "tgt-train-images.txt"), "w") as f:
         f.write("\n".join(l.split()[0] for l in sets["tgt-train"]) + "\n")
     summary = {"classes": ["water", "vegetation", "built"], "tile": a.tile, "stride": a.stride,
-               "seed": a.seed, "tiles": {s: len(v) for s, v in sets.items()},
+               "seed": a.seed, "strength": a.strength, "tiles": {s: len(v) for s, v in sets.items()},
                "class_pixels": counts}
     with open(os.path.join(a.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
