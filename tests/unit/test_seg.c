@@ -212,7 +212,6 @@ TEST(seg_proto_loss_forward_and_finite_differences)
             CHECK_MSG(fabs(g[i] - 0.25 * (fp - fm) / (2 * h)) < 1e-5,
                       "T %g, element %d: %g vs %g", T, i, g[i], 0.25 * (fp - fm) / (2 * h));
         }
-        /* a feature equal to its prototype: no KL, only the hard term */
         be()->release(be(), Df), be()->release(be(), Dp), be()->release(be(), Dl),
             be()->release(be(), Dg), be()->release(be(), Dloss);
     }
