@@ -26,7 +26,9 @@ typedef struct seg_ws {
     float *tok[SEG_MAX_LEVELS], *nrm[SEG_MAX_LEVELS], *ln_m[SEG_MAX_LEVELS], *ln_r[SEG_MAX_LEVELS];
     float *fused, *logit_t, *logit, *dlogit, *dlogit_t, *dfused, *dproto;
     float *lab, *lab_t, *loss, *protos, *cw, *sums, *counts;
+    float *dtok[SEG_MAX_LEVELS], *dnrm; /* fine-tuning */
     int nvalid;               /* tiles of the last pass */
+    long ver;                 /* the backbone version its trainer holds */
 } seg_ws;
 
 struct seg_model {
@@ -45,6 +47,10 @@ struct seg_model {
     size_t dfloats;
     float *P, *G, *M, *V;     /* decoder weights, gradient, moments (device) */
     long opt_steps;
+    bool finetune;            /* the backbone trains too */
+    double backbone_lr_mult;
+    long ver, host_ver;       /* backbone versions: the newest, and bhost's */
+    int train_ws;             /* the workspace whose trainer holds the newest backbone */
     seg_ws ws[MAX_SIZES];
     int nws;
     float *hbuf;              /* host scratch */
@@ -98,6 +104,8 @@ float *seg_model_grads(seg_model *s, size_t *n)
     *n = s->dfloats;
     return s->G;
 }
+
+static int sync_host(seg_model *s, gd_err *err);
 
 /* ---- construction ---------------------------------------------------------- */
 
@@ -309,6 +317,8 @@ seg_model *seg_model_load(gd_backend *be, const msg *m, int batch, gd_err *err)
 
 msg *seg_model_save(seg_model *s, long step, gd_err *err)
 {
+    if (sync_host(s, err))
+        return NULL;
     msg *m = msg_new("segmodel");
     if (!m)
         return gd_errf(err, "out of memory"), NULL;
@@ -341,7 +351,8 @@ msg *seg_model_save(seg_model *s, long step, gd_err *err)
         !value_set_int(seg, "num_classes", s->c.num_classes) ||
         !value_set_str(seg, "which", s->c.role == DINO_STUDENT ? "student" : "teacher") ||
         !value_set_int(seg, "ignore_index", SEG_IGNORE) || !value_set_int(seg, "step", step) ||
-        !value_set_int(seg, "seed", (int64_t)s->seed))
+        !value_set_int(seg, "seed", (int64_t)s->seed) ||
+        !value_set_str(seg, "backbone", s->finetune ? "fine-tuned" : "frozen"))
         goto oom;
     return m;
 oom:
@@ -362,7 +373,8 @@ static void ws_free(seg_model *s, seg_ws *w)
         be->release(be, *bufs[i]);
     for (int l = 0; l < SEG_MAX_LEVELS; l++)
         be->release(be, w->tok[l]), be->release(be, w->nrm[l]), be->release(be, w->ln_m[l]),
-            be->release(be, w->ln_r[l]);
+            be->release(be, w->ln_r[l]), be->release(be, w->dtok[l]);
+    be->release(be, w->dnrm);
 }
 
 void seg_model_free(seg_model *s)
@@ -402,7 +414,9 @@ static int ws_alloc(seg_model *s, seg_ws *w, gd_err *err)
         w->nrm[l] = dalloc(s, (size_t)R * D, &failed, err);
         w->ln_m[l] = dalloc(s, R, &failed, err);
         w->ln_r[l] = dalloc(s, R, &failed, err);
+        w->dtok[l] = dalloc(s, (size_t)R * D, &failed, err);
     }
+    w->dnrm = dalloc(s, (size_t)R * D, &failed, err);
     w->fused = dalloc(s, (size_t)R * E, &failed, err);
     w->dfused = dalloc(s, (size_t)R * E, &failed, err);
     w->dproto = dalloc(s, (size_t)R * E, &failed, err);
@@ -439,10 +453,34 @@ static seg_ws *ws_get(seg_model *s, int S, gd_err *err)
     if (!w->t)
         return NULL;
     s->nws++;
-    if (s->be->upload(s->be, dino_trainer_buffer(w->t, s->c.role), s->bhost, s->bfloats, err) ||
-        ws_alloc(s, w, err))
+    w->ver = -1; /* its backbone is uploaded by the first forward */
+    if (ws_alloc(s, w, err))
         return NULL;
     return w;
+}
+
+/* bhost gets the newest backbone (fine-tuning changes it in one trainer). */
+static int sync_host(seg_model *s, gd_err *err)
+{
+    if (s->host_ver == s->ver)
+        return 0;
+    seg_ws *o = &s->ws[s->train_ws];
+    if (s->be->download(s->be, s->bhost, dino_trainer_buffer(o->t, s->c.role), s->bfloats, err))
+        return -1;
+    s->host_ver = s->ver;
+    return 0;
+}
+
+/* The workspace's trainer gets the newest backbone. */
+static int sync_ws(seg_model *s, seg_ws *w, gd_err *err)
+{
+    if (w->ver == s->ver)
+        return 0;
+    if (sync_host(s, err) ||
+        s->be->upload(s->be, dino_trainer_buffer(w->t, s->c.role), s->bhost, s->bfloats, err))
+        return -1;
+    w->ver = s->ver;
+    return 0;
 }
 
 static float *host_scratch(seg_model *s, size_t n, gd_err *err)
@@ -474,7 +512,7 @@ static seg_ws *forward(seg_model *s, const float *img, int n, int S, int S2, gd_
     if (n < 1 || n > 2 * s->B)
         return gd_errf(err, "%d tiles in a pass of at most %d", n, 2 * s->B), NULL;
     seg_ws *w = ws_get(s, S2, err);
-    if (!w)
+    if (!w || sync_ws(s, w, err))
         return NULL;
     const dino_model_cfg *m = &s->rc.model;
     int C = m->in_chans, D = m->embed_dim, E = s->c.emb_chans, K = s->c.num_classes, L = s->c.nlevels;
@@ -534,6 +572,29 @@ static void backward(seg_model *s, seg_ws *w, bool proto)
                  G + s->dtab[2 * l].off, D, 0, 1);
         be->bias_grad(be, G + s->dtab[2 * l + 1].off, w->dfused, R, E);
     }
+}
+
+/* Into the backbone: each level's gradient through its projection and the
+ * final LayerNorm, then dino_trainer_tokens_bwd. */
+static int backward_backbone(seg_model *s, seg_ws *w, gd_err *err)
+{
+    gd_backend *be = s->be;
+    const dino_model_cfg *m = &s->rc.model;
+    int D = m->embed_dim, E = s->c.emb_chans, L = s->c.nlevels, R = 2 * s->B * w->np;
+    if (s->ver > 0 && w != &s->ws[s->train_ws])
+        return gd_errf(err, "fine-tuning trains at one tile size (%d, here %d)",
+                       s->ws[s->train_ws].S, w->S);
+    s->train_ws = (int)(w - s->ws);
+    const float *bb = dino_trainer_buffer(w->t, s->c.role);
+    float *gb = dino_trainer_buffer(w->t, DINO_GRAD);
+    for (int l = 0; l < L; l++) {
+        be->gemm(be, false, false, R, D, E, 1.0f, w->dfused, E, 0, dparam(s, s->P, 2 * l), D, 0,
+                 0.0f, w->dnrm, D, 0, 1);
+        be->fill(be, w->dtok[l], 0, (size_t)R * D); /* layernorm_bwd accumulates */
+        be->layernorm_bwd(be, w->dtok[l], gb + s->norm_w, gb + s->norm_b, w->dnrm, w->tok[l],
+                          bb + s->norm_w, w->ln_m[l], w->ln_r[l], R, D);
+    }
+    return dino_trainer_tokens_bwd(w->t, s->c.role, s->c.levels, L, w->dtok, err);
 }
 
 void seg_labels_to_grid(const uint8_t *lab, int S, int patch, uint8_t *out)
@@ -663,8 +724,11 @@ int seg_batch_loss(seg_model *s, const float *img, const uint8_t *lab, int n, in
     }
     if (!isfinite(out->ce) || !isfinite(out->proto))
         return gd_errf(err, "the loss is not finite (ce %g, proto %g)", out->ce, out->proto);
-    if (grads)
+    if (grads) {
         backward(s, w, proto);
+        if (s->finetune && backward_backbone(s, w, err))
+            return -1;
+    }
     return be->sync(be, err);
 }
 
@@ -736,7 +800,19 @@ int seg_class_sums(seg_model *s, int i, int S, const uint8_t *tok, float *sums, 
 
 /* ---- optimisation ------------------------------------------------------------ */
 
-void seg_zero_grad(seg_model *s) { s->be->fill(s->be, s->G, 0, s->dfloats); }
+void seg_zero_grad(seg_model *s)
+{
+    s->be->fill(s->be, s->G, 0, s->dfloats);
+    if (s->finetune)
+        for (int i = 0; i < s->nws; i++)
+            s->be->fill(s->be, dino_trainer_buffer(s->ws[i].t, DINO_GRAD), 0, s->bfloats);
+}
+
+void seg_model_set_finetune(seg_model *s, bool on, double backbone_lr_mult)
+{
+    s->finetune = on;
+    s->backbone_lr_mult = backbone_lr_mult;
+}
 
 double seg_poly_lr(double base, long it, long total)
 {
@@ -745,27 +821,61 @@ double seg_poly_lr(double base, long it, long total)
     return base * pow(1.0 - (double)it / total, 0.9);
 }
 
+/* One tensor: AdamW, or torch.optim.SGD (g += wd x; m = mu m + g; x -= lr m) */
+static void opt_tensor(gd_backend *be, seg_optim opt, float *x, float *g, float *m, float *v,
+                       size_t n, double lr, double wd, double momentum, long step)
+{
+    if (opt == SEG_ADAMW) {
+        be->adamw(be, x, g, m, v, n, (float)lr, (float)wd, 0.9f, 0.999f, 1e-8f, (int)step);
+        return;
+    }
+    if (wd > 0)
+        be->axpy(be, g, (float)wd, x, n);
+    be->scale(be, m, (float)momentum, n);
+    be->axpy(be, m, 1.0f, g, n);
+    be->axpy(be, x, (float)-lr, m, n);
+}
+
 int seg_step(seg_model *s, seg_optim opt, double lr, double wd, double momentum, gd_err *err)
 {
     gd_backend *be = s->be;
     s->opt_steps++;
     for (int i = 0; i < s->nd; i++) {
         const dino_param *p = &s->dtab[i];
-        float *x = s->P + p->off, *g = s->G + p->off, *m = s->M + p->off;
-        float d = p->decay ? (float)wd : 0.0f;
-        if (opt == SEG_ADAMW) {
-            be->adamw(be, x, g, m, s->V + p->off, p->n, (float)lr, d, 0.9f, 0.999f, 1e-8f,
-                      (int)s->opt_steps);
-            continue;
+        opt_tensor(be, opt, s->P + p->off, s->G + p->off, s->M + p->off, s->V + p->off, p->n, lr,
+                   p->decay ? wd : 0, momentum, s->opt_steps);
+    }
+    if (s->finetune && s->nws) {
+        seg_ws *w = &s->ws[s->train_ws];
+        float *x = dino_trainer_buffer(w->t, s->c.role), *g = dino_trainer_buffer(w->t, DINO_GRAD);
+        float *m = dino_trainer_buffer(w->t, DINO_ADAM_M), *v = dino_trainer_buffer(w->t, DINO_ADAM_V);
+        for (int i = 0; i < s->nb; i++) {
+            const dino_param *p = &s->btab[i];
+            if (!is_backbone(p))
+                continue;
+            size_t o = p->off;
+            opt_tensor(be, opt, x + o, g + o, m + o, v + o, p->n, lr * s->backbone_lr_mult,
+                       p->decay ? wd : 0, momentum, s->opt_steps);
         }
-        /* torch.optim.SGD: g += wd x; m = mu m + g; x -= lr m */
-        if (d > 0)
-            be->axpy(be, g, d, x, p->n);
-        be->scale(be, m, (float)momentum, p->n);
-        be->axpy(be, m, 1.0f, g, p->n);
-        be->axpy(be, x, (float)-lr, m, p->n);
+        w->ver = ++s->ver; /* the other workspaces and bhost are now stale */
     }
     return be->sync(be, err);
+}
+
+int seg_backbone_tensor(seg_model *s, int S, const char *name, float **param, float **grad,
+                        size_t *n, gd_err *err)
+{
+    seg_ws *w = ws_get(s, S, err);
+    if (!w)
+        return -1;
+    for (int i = 0; i < s->nb; i++)
+        if (!strcmp(s->btab[i].name, name)) {
+            *param = dino_trainer_buffer(w->t, s->c.role) + s->btab[i].off;
+            *grad = dino_trainer_buffer(w->t, DINO_GRAD) + s->btab[i].off;
+            *n = s->btab[i].n;
+            return 0;
+        }
+    return gd_errf(err, "no backbone tensor \"%s\"", name);
 }
 
 /* ---- data ------------------------------------------------------------------------ */

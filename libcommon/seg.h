@@ -1,7 +1,8 @@
 /* seg.h: semantic segmentation on a DINO backbone, on the backend seam.
  *
  * The model (mpa-adapt's): the patch tokens after blocks `levels` of a
- * dino-step ViT (teacher or student weights, frozen), each through the
+ * dino-step ViT (teacher or student weights; frozen, or fine-tuned with
+ * seg_model_set_finetune), each through the
  * backbone's final LayerNorm (as DINO's get_intermediate_layers), projected
  * by its own linear layer to emb_chans and summed (every level of a plain
  * ViT is on the same token grid, so "resized to the finest level" is the
@@ -64,6 +65,10 @@ int seg_model_batch(const seg_model *s);
 /* The decoder's device buffers (weights, gradient; n floats), for tests. */
 float *seg_model_params(seg_model *s, size_t *n);
 float *seg_model_grads(seg_model *s, size_t *n);
+/* A backbone tensor's device weights and gradient in the trainer of tile
+ * size S, for tests. */
+int seg_backbone_tensor(seg_model *s, int S, const char *name, float **param, float **grad,
+                        size_t *n, gd_err *err);
 
 /* ---- data ---------------------------------------------------------- */
 
@@ -131,6 +136,11 @@ int seg_class_sums(seg_model *s, int i, int S, const uint8_t *tok, float *sums, 
 /* ---- optimisation ---------------------------------------------------- */
 
 typedef enum { SEG_ADAMW, SEG_SGD } seg_optim;
+
+/* Fine-tuning: the backbone trains too, with lr x backbone_lr_mult, in
+ * the trainer of one tile size (the optimizer state of the DINO
+ * checkpoint is not carried over).  Off by default (frozen backbone). */
+void seg_model_set_finetune(seg_model *s, bool on, double backbone_lr_mult);
 
 void seg_zero_grad(seg_model *s);
 /* One optimizer step on the decoder (weight decay on weights only):

@@ -31,10 +31,10 @@ typedef struct options {
     const char *cmd;
     const char *ckpt, *model, *list, *samples, *source, *target, *protos, *out, *out_dir, *log,
         *bank_out, *levels, *class_weights, *device;
-    bool student, quiet;
+    bool student, quiet, finetune;
     int num_classes, emb_chans, batch, bank_every, nscales;
     long steps, save_every;
-    double lr, wd, momentum, max_thresh, lambda_proto, temp, alpha, bank_momentum;
+    double lr, backbone_lr_mult, wd, momentum, max_thresh, lambda_proto, temp, alpha, bank_momentum;
     double scales[MAX_SCALES];
     seg_optim optim;
     uint64_t seed;
@@ -55,7 +55,9 @@ static void usage(void)
         "      --ckpt FILE          dino-step checkpoint (train-source: a fresh decoder)\n"
         "      --model FILE         segmodel checkpoint (every command; train-source resumes)\n"
         "      --student            the student's backbone (default: the teacher's)\n"
-        "      --freeze-backbone    the backbone is frozen (the only mode built so far)\n"
+        "      --freeze-backbone    train the decoder only (the default)\n"
+        "      --finetune           train-source, adapt: the backbone trains too\n"
+        "      --backbone-lr-mult X its learning rate is lr x X (0.1)\n"
         "      --levels L,L,...     blocks whose patch tokens feed the decoder\n"
         "                           (default 3,6,9,12 scaled to the depth: 1,2,3 for depth 3)\n"
         "      --emb-chans N        decoder channels (128)\n"
@@ -102,7 +104,7 @@ static void parse(int argc, char **argv, options *o)
     enum { O_CKPT = 256, O_MODEL, O_STUDENT, O_FREEZE, O_LEVELS, O_EMB, O_K, O_LIST, O_SAMPLES,
            O_SOURCE, O_TARGET, O_STEPS, O_BATCH, O_OPTIM, O_LR, O_WD, O_MOM, O_CW, O_SEED, O_LOG,
            O_SAVE, O_SCALES, O_MAXT, O_OUTDIR, O_PROTOS, O_LAMBDA, O_TEMP, O_ALPHA, O_BEVERY,
-           O_BMOM, O_BOUT, O_DEVICE };
+           O_BMOM, O_BOUT, O_DEVICE, O_FINETUNE, O_BBLR };
     static const struct option longs[] = {
         {"ckpt", 1, 0, O_CKPT},           {"model", 1, 0, O_MODEL},
         {"student", 0, 0, O_STUDENT},     {"freeze-backbone", 0, 0, O_FREEZE},
@@ -120,11 +122,12 @@ static void parse(int argc, char **argv, options *o)
         {"proto-temp", 1, 0, O_TEMP},     {"proto-alpha", 1, 0, O_ALPHA},
         {"bank-every", 1, 0, O_BEVERY},   {"bank-momentum", 1, 0, O_BMOM},
         {"bank-out", 1, 0, O_BOUT},       {"device", 1, 0, O_DEVICE},
+        {"finetune", 0, 0, O_FINETUNE},   {"backbone-lr-mult", 1, 0, O_BBLR},
         {"output", 1, 0, 'o'},            {"quiet", 0, 0, 'q'},
         {"help", 0, 0, 'h'},              {"version", 0, 0, 'V'},
         {0, 0, 0, 0}};
     *o = (options){.cmd = argv[0], .emb_chans = 128, .batch = 8, .bank_every = 100,
-                   .steps = 200, .lr = 1e-3, .wd = 0.01, .momentum = 0.9, .max_thresh = 0.9,
+                   .steps = 200, .lr = 1e-3, .backbone_lr_mult = 0.1, .wd = 0.01, .momentum = 0.9, .max_thresh = 0.9,
                    .lambda_proto = 0.001, .temp = 20, .alpha = 0.9, .bank_momentum = 0.999,
                    .optim = SEG_ADAMW, .device = "auto", .nscales = 5,
                    .scales = {0.5, 0.75, 1, 1.25, 1.5}};
@@ -134,7 +137,9 @@ static void parse(int argc, char **argv, options *o)
         case O_CKPT: o->ckpt = optarg; break;
         case O_MODEL: o->model = optarg; break;
         case O_STUDENT: o->student = true; break;
-        case O_FREEZE: break; /* the default, and for now the only mode */
+        case O_FREEZE: o->finetune = false; break;
+        case O_FINETUNE: o->finetune = true; break;
+        case O_BBLR: o->backbone_lr_mult = cli_double("--backbone-lr-mult", optarg, 0, 1e6); break;
         case O_LEVELS: o->levels = optarg; break;
         case O_EMB: o->emb_chans = (int)cli_long("--emb-chans", optarg, 1, 4096); break;
         case O_K: o->num_classes = (int)cli_long("--num-classes", optarg, 1, SEG_MAX_CLASSES); break;
@@ -447,6 +452,7 @@ static void train(train_ctx *c)
         sampler_init(&st, c->tgt->n, o->seed, 1);
         batch_alloc(&bt, c->tgt, n);
     }
+    seg_model_set_finetune(s, o->finetune, o->backbone_lr_mult);
     FILE *lf = o->log ? open_out(o->log) : NULL;
     bool progress = cli_progress_enabled(o->quiet, false);
     gd_err err;

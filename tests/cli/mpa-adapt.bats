@@ -82,6 +82,23 @@ PY
     assert_failure
 }
 
+@test "--finetune moves the backbone; the frozen default keeps the teacher's weights" {
+    for mode in --freeze-backbone --finetune; do
+        "$BIN/mpa-adapt" train-source --ckpt "$D/dino.mpt" --num-classes 3 --list "$D/data/src-train.txt" \
+            --steps 2 --batch-size 4 --emb-chans 8 $mode -q -o "$TMP/m$mode.mpt"
+    done
+    run $PY - "$D/dino.mpt" "$TMP/m--freeze-backbone.mpt" "$TMP/m--finetune.mpt" <<'PY'
+import sys, msgpack
+ck, fr, ft = (msgpack.unpackb(open(p, "rb").read(), raw=False) for p in sys.argv[1:])
+names = [n for n in fr["tensors"] if n.startswith("backbone/")]
+same = lambda a, n: a["tensors"][n]["data"] == ck["tensors"]["teacher/" + n]["data"]
+assert len(names) > 10 and all(same(fr, n) for n in names)
+moved = [n for n in names if not same(ft, n)]
+print(fr["meta"]["seg"]["backbone"], ft["meta"]["seg"]["backbone"], "blocks/2/mlp/fc2/weight" in " ".join(moved))
+PY
+    assert_output "frozen fine-tuned True"
+}
+
 @test "train-source reads paste-aug sample messages from stdin" {
     $PY - "$D/data/src-train.txt" "$TMP/samples.mpt" <<'PY'
 import sys, msgpack, numpy as np

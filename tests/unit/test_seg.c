@@ -352,3 +352,82 @@ TEST(seg_model_saves_and_loads_the_same_predictions)
     msg_free(m);
     seg_model_free(s), seg_model_free(t);
 }
+
+/* Fine-tuning: the gradient of backbone tensors (through the levels'
+ * projections, the final LayerNorm, the blocks, the interpolated position
+ * embedding and the patch embedding) against finite differences. */
+TEST(seg_model_backbone_gradient_matches_finite_differences)
+{
+    msg *ck = tiny_checkpoint(3);
+    CHECK(ck);
+    gd_err err;
+    seg_cfg c = {.levels = {1, 2}, .nlevels = 2, .emb_chans = 5, .num_classes = 3,
+                 .role = DINO_TEACHER};
+    seg_model *s = seg_model_from_dino(be(), ck, &c, 2, 1, &err);
+    CHECK_MSG(s, "%s", err.msg);
+    msg_free(ck);
+    seg_model_set_finetune(s, true, 1.0);
+    enum { N = 2, S = 12, C = 2, K = 3, E = 5 }; /* a 3 x 3 grid: the 2 x 2 position grid interpolated */
+    rng r;
+    rng_init(&r, 16, 0, 0, 0);
+    float img[N * C * S * S], protos[K * E];
+    uint8_t lab[N * S * S];
+    fill_normal(&r, img, N * C * S * S, 1);
+    fill_normal(&r, protos, K * E, 1);
+    for (int i = 0; i < N * S * S; i++)
+        lab[i] = (uint8_t)rng_below(&r, K);
+    seg_loss_opts o = {.protos = protos, .lambda_proto = 0.3, .temp = 2, .alpha = 0.9, .weight = 1};
+    seg_losses l;
+    CHECK_MSG(seg_batch_loss(s, img, lab, N, S, &o, false, &l, &err) == 0, "%s", err.msg);
+    seg_zero_grad(s);
+    CHECK(seg_batch_loss(s, img, lab, N, S, &o, true, &l, &err) == 0);
+    static const char *names[] = {"backbone/patch_embed/proj/weight", "backbone/pos_embed",
+                                  "backbone/cls_token", "backbone/blocks/0/attn/qkv/weight",
+                                  "backbone/blocks/1/mlp/fc2/bias", "backbone/blocks/1/norm1/weight",
+                                  "backbone/norm/weight", "backbone/norm/bias"};
+    for (int t = 0; t < 8; t++) {
+        float *P, *G;
+        size_t n;
+        CHECK_MSG(seg_backbone_tensor(s, S, names[t], &P, &G, &n, &err) == 0, "%s", err.msg);
+        float *g = malloc(n * sizeof *g), *p = malloc(n * sizeof *p);
+        host_from(g, G, n);
+        host_from(p, P, n);
+        double gmax = 0;
+        for (size_t i = 0; i < n; i++)
+            gmax = fmax(gmax, fabs(g[i]));
+        CHECK_MSG(gmax > 1e-6 || !strcmp(names[t], "backbone/cls_token"),
+                  "%s: no gradient at all", names[t]);
+        for (size_t i = 0; i < n; i += 1 + n / 6) {
+            double x0 = p[i], h = 1e-2, v[2];
+            for (int sg = 0; sg < 2; sg++) {
+                float x = (float)(x0 + (sg ? -h : h));
+                be()->upload(be(), P + i, &x, 1, NULL);
+                seg_losses lh;
+                CHECK(seg_batch_loss(s, img, lab, N, S, &o, false, &lh, &err) == 0);
+                v[sg] = lh.ce + o.lambda_proto * lh.proto;
+            }
+            float x = (float)x0;
+            be()->upload(be(), P + i, &x, 1, NULL);
+            double fdv = (v[0] - v[1]) / (2 * h);
+            CHECK_MSG(fabs(g[i] - fdv) < 2e-3 + 3e-2 * fabs(fdv), "%s[%zu]: %g vs fd %g", names[t],
+                      i, g[i], fdv);
+        }
+        free(g), free(p);
+    }
+    /* a step moves the backbone, and a save carries the moved weights */
+    float *P, *G;
+    size_t n;
+    CHECK(seg_backbone_tensor(s, S, "backbone/norm/weight", &P, &G, &n, &err) == 0);
+    float before, after;
+    host_from(&before, P, 1);
+    CHECK(seg_step(s, SEG_ADAMW, 0.01, 0, 0, &err) == 0);
+    host_from(&after, P, 1);
+    CHECK(before != after);
+    msg *m = seg_model_save(s, 1, &err);
+    CHECK(m);
+    const tensor *x = msg_get_tensor(m, "backbone/norm/weight");
+    CHECK(x && ((const float *)x->data)[0] == after);
+    CHECK_STR_CONTAINS(value_str(&m->meta, "seg/backbone", ""), "fine-tuned");
+    msg_free(m);
+    seg_model_free(s);
+}
