@@ -174,6 +174,18 @@ static int build_backbone_table(seg_model *s, gd_err *err)
 
 static bool is_backbone(const dino_param *p) { return !strncmp(p->name, "backbone/", 9); }
 
+/* The tensor `name` of m, f4 and of p's shape. */
+static const tensor *require_param(const msg *m, const char *name, const dino_param *p,
+                                   gd_err *err)
+{
+    const tensor *x = msg_require_tensor(m, name, DT_F4, p->ndim, err);
+    for (int d = 0; x && d < p->ndim; d++)
+        if (x->shape[d] != p->shape[d])
+            return gd_errf(err, "tensor \"%s\": dimension %d is %lld, the model needs %lld", name,
+                           d, (long long)x->shape[d], (long long)p->shape[d]), NULL;
+    return x;
+}
+
 /* Reads every backbone tensor named prefix + path into s->bhost. */
 static int read_backbone(seg_model *s, const msg *m, const char *prefix, gd_err *err)
 {
@@ -183,13 +195,9 @@ static int read_backbone(seg_model *s, const msg *m, const char *prefix, gd_err 
         if (!is_backbone(p))
             continue;
         snprintf(name, sizeof name, "%s%s", prefix, p->name);
-        const tensor *x = msg_require_tensor(m, name, DT_F4, p->ndim, err);
+        const tensor *x = require_param(m, name, p, err);
         if (!x)
             return -1;
-        for (int d = 0; d < p->ndim; d++)
-            if (x->shape[d] != p->shape[d])
-                return gd_errf(err, "tensor \"%s\": dimension %d is %lld, the model needs %lld",
-                               name, d, (long long)x->shape[d], (long long)p->shape[d]);
         memcpy(s->bhost + p->off, x->data, p->n * sizeof(float));
     }
     return 0;
@@ -281,14 +289,8 @@ static int load_decoder(seg_model *s, const msg *m, gd_err *err)
 {
     for (int i = 0; i < s->nd; i++) {
         const dino_param *p = &s->dtab[i];
-        const tensor *x = msg_require_tensor(m, p->name, DT_F4, p->ndim, err);
-        if (!x)
-            return -1;
-        for (int d = 0; d < p->ndim; d++)
-            if (x->shape[d] != p->shape[d])
-                return gd_errf(err, "tensor \"%s\": dimension %d is %lld, the model needs %lld",
-                               p->name, d, (long long)x->shape[d], (long long)p->shape[d]);
-        if (s->be->upload(s->be, s->P + p->off, x->data, p->n, err))
+        const tensor *x = require_param(m, p->name, p, err);
+        if (!x || s->be->upload(s->be, s->P + p->off, x->data, p->n, err))
             return -1;
     }
     return 0;
@@ -617,7 +619,7 @@ static int upload_labels(seg_model *s, float *dst, const uint8_t *lab, int n, si
     return s->be->upload(s->be, dst, h, total, err);
 }
 
-static int argmax_u8(const float *p, int K)
+int seg_argmax(const float *p, int K)
 {
     int best = 0;
     for (int k = 1; k < K; k++)
@@ -645,7 +647,7 @@ static int grid_labels(seg_model *s, seg_ws *w, const uint8_t *lab, int n, bool 
         return -1;
     }
     for (size_t i = 0; i < nt; i++)
-        if (tok[i] != SEG_IGNORE && argmax_u8(lt + i * K, K) != tok[i])
+        if (tok[i] != SEG_IGNORE && seg_argmax(lt + i * K, K) != tok[i])
             tok[i] = SEG_IGNORE;
     free(lt);
     return 0;
@@ -771,7 +773,7 @@ int seg_token_outputs(seg_model *s, int n, int S, float *fused, uint8_t *pred, g
         if (!lt || s->be->download(s->be, lt, w->logit_t, nt * K, err))
             return -1;
         for (size_t i = 0; i < nt; i++)
-            pred[i] = (uint8_t)argmax_u8(lt + i * K, K);
+            pred[i] = (uint8_t)seg_argmax(lt + i * K, K);
     }
     return s->be->sync(s->be, err);
 }

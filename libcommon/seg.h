@@ -94,6 +94,9 @@ void seg_set_free(seg_set *s);
 
 /* ---- passes --------------------------------------------------------- */
 
+/* The first index of the largest of p[0..K). */
+int seg_argmax(const float *p, int K);
+
 /* Label at each token: the pixel at the centre of its patch. */
 void seg_labels_to_grid(const uint8_t *lab, int S, int patch, uint8_t *out);
 

@@ -37,25 +37,24 @@ tgt-test}.txt ("image label" lines), OUT/tgt-train-images.txt (images
 only), and OUT/summary.json (tile and class pixel counts).
 """
 import argparse
+import importlib.util
 import json
 import os
 
 import numpy as np
 from osgeo import gdal
 
+# the land-cover rule, from its one place
+_spec = importlib.util.spec_from_file_location(
+    "l7_landcover", os.path.join(os.path.dirname(os.path.abspath(__file__)), "l7-landcover.py"))
+_l7 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_l7)
+pixel_classes = _l7.pixel_classes
+
 gdal.UseExceptions()
 
 GAINS = np.array([1.35, 0.8, 1.25, 0.7, 1.3, 0.9])
 OFFSETS = np.array([0.06, -0.03, 0.05, -0.02, 0.04, 0.0])
-
-
-def pixel_classes(a):
-    """pipelines/l7-landcover.py's rule: class id per pixel of a [6, H, W] array."""
-    b2, b3, b4 = a[1], a[2], a[3]
-    eps = 1e-9
-    ndwi = (b2 - b4) / (b2 + b4 + eps)
-    ndvi = (b4 - b3) / (b4 + b3 + eps)
-    return np.select([ndwi > 0.4, ndvi > 0.2], [0, 1], 2)
 
 
 def blur(x, sigma):

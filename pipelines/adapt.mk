@@ -21,6 +21,7 @@
 #   RUN/summary.json            the three target mIoUs side by side
 #   RUN/log/*.jsonl             per-iteration losses
 #
+# FINETUNE=1 trains the backbone too (mpa-adapt --finetune).
 # Every model is written atomically, so an interrupted run resumes where it
 # stopped.  Targets: all (default), clean-run (removes RUN).
 
@@ -52,9 +53,10 @@ MAX_THRESH   ?= 0.9
 LAMBDA       ?= 0.001
 BANK_EVERY   ?= 100
 BANK_MOM     ?= 0.999
+FINETUNE     ?=
 
 COMMON := --batch-size $(BATCH) --quiet
-TRAIN  := $(COMMON) --seed $(SEED) --lr $(LR)
+TRAIN  := $(COMMON) --seed $(SEED) --lr $(LR) $(if $(FINETUNE),--finetune)
 
 .PHONY: all clean-run
 .DELETE_ON_ERROR:

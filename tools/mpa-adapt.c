@@ -606,12 +606,9 @@ static int cmd_pseudo_label(const options *o)
         int n = set.n - first < (size_t)B ? (int)(set.n - first) : B;
         predict_avg(s, &set, first, n, o->scales, o->nscales, probs, tmp);
         for (size_t i = 0; i < (size_t)n * px; i++) {
-            const float *pr = probs + i * K;
-            int best = 0;
-            for (int k = 1; k < K; k++)
-                best = pr[k] > pr[best] ? k : best;
+            int best = seg_argmax(probs + i * K, K);
             pred[first * px + i] = (uint8_t)best;
-            conf[first * px + i] = pr[best];
+            conf[first * px + i] = probs[i * K + best];
         }
     }
     if (mpa_thresholds(conf, pred, set.n * px, K, o->max_thresh, thresh, count))
@@ -756,13 +753,8 @@ static int cmd_eval(const options *o)
         int n = set.n - first < (size_t)B ? (int)(set.n - first) : B;
         if (seg_predict(s, set.img + first * set.C * px, n, S, S, probs, &err))
             cli_fail("%s: %s", set.names[first], err.msg);
-        for (size_t i = 0; i < (size_t)n * px; i++) {
-            const float *pr = probs + i * K;
-            int best = 0;
-            for (int k = 1; k < K; k++)
-                best = pr[k] > pr[best] ? k : best;
-            pred[i] = (uint8_t)best;
-        }
+        for (size_t i = 0; i < (size_t)n * px; i++)
+            pred[i] = (uint8_t)seg_argmax(probs + i * K, K);
         mpa_confusion_add(conf, set.lab + first * px, pred, (size_t)n * px, K, SEG_IGNORE);
     }
     mpa_iou(conf, K, iou, &miou, &acc);
