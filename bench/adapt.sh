@@ -9,7 +9,8 @@
 # DINO runs do not beat it yet), and one pipelines/adapt.mk run: source-only,
 # pseudo-label self-training (adapt --lambda-proto 0) and MPA (the issue's
 # recipe: lambda 0.001, T 20, alpha 0.9, bank every 100, momentum 0.999),
-# each as target-test mIoU.  Then, on the first seed and strength, the
+# each as target-test mIoU; the first seed and strength once more with the
+# backbone fine-tuned.  Then, on the first seed and strength, the
 # prototype loss weight swept (LAMBDAS, default "0.01 0.1 1") from the same
 # source model, pseudo-labels and bank.  Prints markdown rows; runs go to
 # bench/out/adapt/ (kept).
@@ -52,6 +53,18 @@ for st in "${strengths[@]}"; do
     done
     first=0
 done
+
+# the same recipe with the backbone fine-tuned (FINETUNE=1, lr x 0.1), first seed and strength
+st=${strengths[0]} seed=${seeds[0]}
+d=$out/data-$st-$seed r=$out/run-$st-$seed-finetune
+t0=$(date +%s)
+make -s -f pipelines/adapt.mk DATA="$d" CKPT="$d/dino.mpt" RUN="$r" SEED="$seed" FINETUNE=1 "${VARS[@]}" \
+    > "$r.log" 2>&1 || { echo "bench/adapt: $r failed, see $r.log" >&2; exit 1; }
+t1=$(date +%s)
+s=$(miou "$r/eval-source.json") t=$(miou "$r/eval-selftrain.json") m=$(miou "$r/eval-mpa.json")
+echo "| $st (fine-tuned) | $seed | $s | $t | $m | $($py -c "print('%+.4f' % ($m - $s))") |" \
+     "$($py -c "print('%+.4f' % ($m - $t))") | $(ious "$r/eval-source.json") ; $(ious "$r/eval-mpa.json") |" \
+     "$(miou "$r/eval-source-src.json") | $((t1 - t0)) |"
 
 # the prototype weight, from the first run's source model, pseudo-labels and bank
 st=${strengths[0]} seed=${seeds[0]}
