@@ -953,7 +953,7 @@ static int check_labels(const float *v, size_t n, int K, uint8_t *out, gd_err *e
 }
 
 static int add_tile(seg_set *s, const run_config *rc, const char *image, const char *label,
-                    bool need_labels, int K, gd_err *err)
+                    bool labels, int K, gd_err *err)
 {
     raster r, lr;
     memset(&lr, 0, sizeof lr);
@@ -967,7 +967,7 @@ static int add_tile(seg_set *s, const run_config *rc, const char *image, const c
         goto done;
     }
     uint8_t *lab = s->lab + s->n * npix;
-    if (label) {
+    if (labels && label) {
         if (raster_read(label, NULL, &lr, err)) {
             rc_ = -1;
             goto done;
@@ -981,7 +981,7 @@ static int add_tile(seg_set *s, const run_config *rc, const char *image, const c
             rc_ = gd_err_prefix(err, "%s", label);
             goto done;
         }
-    } else if (need_labels) {
+    } else if (labels) {
         rc_ = gd_errf(err, "%s: no label raster (lines are \"image label\")", image);
         goto done;
     } else {
@@ -999,7 +999,7 @@ done:
     return rc_;
 }
 
-int seg_set_add_list(seg_set *s, const run_config *rc, const char *list, bool need_labels, int K,
+int seg_set_add_list(seg_set *s, const run_config *rc, const char *list, bool labels, int K,
                      gd_err *err)
 {
     char **lines = NULL;
@@ -1018,7 +1018,7 @@ int seg_set_add_list(seg_set *s, const run_config *rc, const char *list, bool ne
                 b++;
             label = *b ? b : NULL;
         }
-        if (add_tile(s, rc, a, label, need_labels, K, err))
+        if (add_tile(s, rc, a, label, labels, K, err))
             rc_ = gd_err_prefix(err, "%s: line %zu", list, i + 1);
     }
     free_lines(lines, n);

@@ -83,9 +83,10 @@ typedef struct seg_set {
     size_t cap;
 } seg_set;
 
-/* Appends the tiles of a list file, "image [label]" per line; labels are
- * required when need_labels, else read when present. */
-int seg_set_add_list(seg_set *s, const run_config *rc, const char *list, bool need_labels, int K,
+/* Appends the tiles of a list file, "image [label]" per line: with
+ * labels, the label rasters are required (and checked); without, a label
+ * column is ignored and every pixel is 255. */
+int seg_set_add_list(seg_set *s, const run_config *rc, const char *list, bool labels, int K,
                      gd_err *err);
 /* Appends `sample` messages (paste-aug's: image [C, H, W] in raw units,
  * label [H, W] |u1) read from path ("-": stdin). */
