@@ -911,10 +911,6 @@ static int set_reserve(seg_set *s, int C, int S, gd_err *err)
 static int normalize(const run_config *rc, float *x, const uint8_t *valid, int C, size_t npix,
                      gd_err *err)
 {
-    if (!rc->nstats)
-        return gd_errf(err, "the checkpoint holds no stats (dino-step init --stats)");
-    if (C != rc->nstats || C != rc->model.in_chans)
-        return gd_errf(err, "%d bands, the model has %d", C, rc->model.in_chans);
     float mean[4096] = {0};
     if (C > 4096)
         return gd_errf(err, "%d bands, at most 4096", C);
@@ -927,8 +923,13 @@ static int normalize(const run_config *rc, float *x, const uint8_t *valid, int C
     return 0;
 }
 
-static int check_tile(const run_config *rc, int h, int w, gd_err *err)
+/* Before anything is allocated for a tile: its bands and size. */
+static int check_tile(const run_config *rc, int C, int h, int w, gd_err *err)
 {
+    if (!rc->nstats)
+        return gd_errf(err, "the checkpoint holds no stats (dino-step init --stats)");
+    if (C != rc->nstats || C != rc->model.in_chans)
+        return gd_errf(err, "%d bands, the model has %d", C, rc->model.in_chans);
     int p = rc->model.patch;
     if (h != w || h < p || h % p)
         return gd_errf(err, "%dx%d: tiles must be square, a multiple of the patch (%d)", w, h, p);
@@ -961,7 +962,7 @@ static int add_tile(seg_set *s, const run_config *rc, const char *image, const c
         return -1;
     int rc_ = 0, S = r.height;
     size_t npix = (size_t)r.height * r.width;
-    if (check_tile(rc, r.height, r.width, err) || set_reserve(s, r.bands, S, err) ||
+    if (check_tile(rc, r.bands, r.height, r.width, err) || set_reserve(s, r.bands, S, err) ||
         normalize(rc, r.data, r.valid, r.bands, npix, err)) {
         rc_ = gd_err_prefix(err, "%s", image);
         goto done;
@@ -1039,7 +1040,7 @@ static int add_sample(seg_set *s, const run_config *rc, const msg *m, const char
         return gd_errf(err, "label is %lldx%lld, the image %dx%d", (long long)lb->shape[1],
                        (long long)lb->shape[0], W, H);
     size_t npix = (size_t)H * W;
-    if (check_tile(rc, H, W, err) || set_reserve(s, C, H, err))
+    if (check_tile(rc, C, H, W, err) || set_reserve(s, C, H, err))
         return -1;
     float *x = s->img + s->n * (size_t)C * npix;
     memcpy(x, im->data, (size_t)C * npix * sizeof(float));

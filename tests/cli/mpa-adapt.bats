@@ -254,6 +254,14 @@ d = gdal.GetDriverByName('GTiff').Create('$TMP/odd.tif', 22, 22, 6, gdal.GDT_Byt
     run "$BIN/mpa-adapt" eval --model "$D/seg.mpt" --list "$TMP/odd.txt"
     assert_failure 1
     assert_output --partial "multiple of the patch"
+    # another band count than the model's
+    /usr/bin/python3 -c "
+from osgeo import gdal
+d = gdal.GetDriverByName('GTiff').Create('$TMP/b3.tif', 24, 24, 3, gdal.GDT_Byte); d = None"
+    echo "$TMP/b3.tif" > "$TMP/b3.txt"
+    run "$BIN/mpa-adapt" pseudo-label --model "$D/seg.mpt" --list "$TMP/b3.txt" --out-dir "$TMP/pl"
+    assert_failure 1
+    assert_output --partial "3 bands, the model has 6"
     # a missing label column where labels are needed
     run "$BIN/mpa-adapt" eval --model "$D/seg.mpt" --list "$D/src-images.txt"
     assert_failure 1
