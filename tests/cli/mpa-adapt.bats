@@ -280,6 +280,17 @@ d = gdal.GetDriverByName('GTiff').Create('$TMP/b3.tif', 24, 24, 3, gdal.GDT_Byte
     run "$BIN/mpa-adapt" eval --model "$D/dino.mpt" --list "$D/data/tgt-test.txt"
     assert_failure 1
     assert_output --partial "not a segmodel"
+    # a bank of another size than the model's
+    $PY -c 'import msgpack, numpy as np, sys
+p = np.zeros((3, 5), "<f4"); pr = np.ones(3, "|u1")
+t = {"prototypes": {"dtype": "<f4", "shape": [3, 5], "data": p.tobytes()},
+     "present": {"dtype": "|u1", "shape": [3], "data": pr.tobytes()}}
+open(sys.argv[1], "wb").write(msgpack.packb({"v": 1, "kind": "prototypes", "meta": {}, "tensors": t}))' "$TMP/p5.mpt"
+    run "$BIN/mpa-adapt" adapt --model "$D/seg.mpt" --source "$D/data/src-train.txt" \
+        --target "$D/data/tgt-test.txt" --protos "$TMP/p5.mpt" --steps 1 -o "$TMP/x.mpt"
+    assert_failure 1
+    assert_output --partial "prototypes are [3, 5], the model needs [3, 8]"
+    [ ! -e "$TMP/x.mpt" ]
     # missing required options
     run "$BIN/mpa-adapt" eval --model "$D/seg.mpt"
     assert_failure 2
