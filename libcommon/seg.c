@@ -505,7 +505,10 @@ static void linear_acc(gd_backend *be, float *y, const float *x, const float *w,
     be->bias_add(be, y, b, M, out);
 }
 
-static const float *dparam(const seg_model *s, const float *buf, int i) { return buf + s->dtab[i].off; }
+static const float *dparam(const seg_model *s, const float *buf, int i)
+{
+    return buf + s->dtab[i].off;
+}
 
 /* Forward of n tiles [n, C, S, S] (host) at size S2: logits [2B, S2, S2, K]. */
 static seg_ws *forward(seg_model *s, const float *img, int n, int S, int S2, gd_err *err)
@@ -517,7 +520,8 @@ static seg_ws *forward(seg_model *s, const float *img, int n, int S, int S2, gd_
     if (!w || sync_ws(s, w, err))
         return NULL;
     const dino_model_cfg *m = &s->rc.model;
-    int C = m->in_chans, D = m->embed_dim, E = s->c.emb_chans, K = s->c.num_classes, L = s->c.nlevels;
+    int C = m->in_chans, D = m->embed_dim, E = s->c.emb_chans, K = s->c.num_classes;
+    int L = s->c.nlevels;
     int R = 2 * s->B * w->np;
     size_t img2 = (size_t)C * S2 * S2;
     be->fill(be, w->views, 0, 2 * s->B * img2);
@@ -850,7 +854,8 @@ int seg_step(seg_model *s, seg_optim opt, double lr, double wd, double momentum,
     if (s->finetune && s->nws) {
         seg_ws *w = &s->ws[s->train_ws];
         float *x = dino_trainer_buffer(w->t, s->c.role), *g = dino_trainer_buffer(w->t, DINO_GRAD);
-        float *m = dino_trainer_buffer(w->t, DINO_ADAM_M), *v = dino_trainer_buffer(w->t, DINO_ADAM_V);
+        float *m = dino_trainer_buffer(w->t, DINO_ADAM_M);
+        float *v = dino_trainer_buffer(w->t, DINO_ADAM_V);
         for (int i = 0; i < s->nb; i++) {
             const dino_param *p = &s->btab[i];
             if (!is_backbone(p))

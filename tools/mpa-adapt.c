@@ -127,7 +127,8 @@ static void parse(int argc, char **argv, options *o)
         {"help", 0, 0, 'h'},              {"version", 0, 0, 'V'},
         {0, 0, 0, 0}};
     *o = (options){.cmd = argv[0], .emb_chans = 128, .batch = 8, .bank_every = 100,
-                   .steps = 200, .lr = 1e-3, .backbone_lr_mult = 0.1, .wd = 0.01, .momentum = 0.9, .max_thresh = 0.9,
+                   .steps = 200, .lr = 1e-3, .backbone_lr_mult = 0.1, .wd = 0.01,
+                   .momentum = 0.9, .max_thresh = 0.9,
                    .lambda_proto = 0.001, .temp = 20, .alpha = 0.9, .bank_momentum = 0.999,
                    .optim = SEG_ADAMW, .device = "auto", .nscales = 5,
                    .scales = {0.5, 0.75, 1, 1.25, 1.5}};
@@ -142,7 +143,9 @@ static void parse(int argc, char **argv, options *o)
         case O_BBLR: o->backbone_lr_mult = cli_double("--backbone-lr-mult", optarg, 0, 1e6); break;
         case O_LEVELS: o->levels = optarg; break;
         case O_EMB: o->emb_chans = (int)cli_long("--emb-chans", optarg, 1, 4096); break;
-        case O_K: o->num_classes = (int)cli_long("--num-classes", optarg, 1, SEG_MAX_CLASSES); break;
+        case O_K:
+            o->num_classes = (int)cli_long("--num-classes", optarg, 1, SEG_MAX_CLASSES);
+            break;
         case O_LIST: o->list = optarg; break;
         case O_SAMPLES: o->samples = optarg; break;
         case O_SOURCE: o->source = optarg; break;

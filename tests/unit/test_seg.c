@@ -367,7 +367,8 @@ TEST(seg_model_backbone_gradient_matches_finite_differences)
     CHECK_MSG(s, "%s", err.msg);
     msg_free(ck);
     seg_model_set_finetune(s, true, 1.0);
-    enum { N = 2, S = 12, C = 2, K = 3, E = 5 }; /* a 3 x 3 grid: the 2 x 2 position grid interpolated */
+    /* a 3 x 3 token grid: the 2 x 2 position grid is interpolated */
+    enum { N = 2, S = 12, C = 2, K = 3, E = 5 };
     rng r;
     rng_init(&r, 16, 0, 0, 0);
     float img[N * C * S * S], protos[K * E];
@@ -381,10 +382,10 @@ TEST(seg_model_backbone_gradient_matches_finite_differences)
     CHECK_MSG(seg_batch_loss(s, img, lab, N, S, &o, false, &l, &err) == 0, "%s", err.msg);
     seg_zero_grad(s);
     CHECK(seg_batch_loss(s, img, lab, N, S, &o, true, &l, &err) == 0);
-    static const char *names[] = {"backbone/patch_embed/proj/weight", "backbone/pos_embed",
-                                  "backbone/cls_token", "backbone/blocks/0/attn/qkv/weight",
-                                  "backbone/blocks/1/mlp/fc2/bias", "backbone/blocks/1/norm1/weight",
-                                  "backbone/norm/weight", "backbone/norm/bias"};
+    static const char *names[] = {
+        "backbone/patch_embed/proj/weight", "backbone/pos_embed", "backbone/cls_token",
+        "backbone/blocks/0/attn/qkv/weight", "backbone/blocks/1/mlp/fc2/bias",
+        "backbone/blocks/1/norm1/weight",   "backbone/norm/weight", "backbone/norm/bias"};
     for (int t = 0; t < 8; t++) {
         float *P, *G;
         size_t n;
