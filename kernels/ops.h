@@ -155,6 +155,44 @@ struct gd_backend {
     void (*sum)(gd_backend *be, float *out, const float *x, size_t n);
     /* 1 when every element is finite */
     int (*all_finite)(gd_backend *be, const float *x, size_t n, int *finite, gd_err *err);
+
+    /* ---- segmentation (mpa-adapt) ------------------------------------- */
+    /* Bilinear resize of channels-last maps, in [B, h, w, C] -> out
+     * [B, H, W, C], as torch's interpolate(mode="bilinear",
+     * align_corners=False) with an output size: source coordinate
+     * (dst + 0.5) in / out - 0.5, clamped at 0, the upper tap clamped to
+     * the last row/column.  A planar image [C, H, W] is the case B = C,
+     * C = 1.  The backward overwrites din with the adjoint. */
+    void (*bilinear_fwd)(gd_backend *be, float *out, const float *in, int B, int h, int w, int H,
+                         int W, int C);
+    void (*bilinear_bwd)(gd_backend *be, float *din, const float *dout, int B, int h, int w,
+                         int H, int W, int C);
+    /* Softmax cross-entropy with an ignore index on logits [rows, K];
+     * labels [rows] hold class ids as floats, and a label outside [0, K)
+     * (the ignore index) does not count.  weights [K] or NULL (all 1).
+     * loss[0] = sum_i w_yi (-log softmax(x_i)[y_i]) / sum_i w_yi (torch's
+     * weighted mean; 0 when no row counts), loss[1] = sum_i w_yi.
+     * dlogits (when not NULL) = scale * d loss[0] / d logits (overwrite;
+     * zero on ignored rows). */
+    void (*seg_ce)(gd_backend *be, float *loss, float *dlogits, const float *logits,
+                   const float *labels, const float *weights, int rows, int K, float scale);
+    /* Mutual Prototypical Adaptation's feature loss on features f
+     * [rows, D] with class prototypes protos [K, D]: a row with label c in
+     * [0, K) has the target p = protos[c], and
+     *     l = alpha T^2 sum_d q_d (log q_d - log s_d)
+     *         + (1 - alpha) (-log softmax(f)[argmax_d p_d]),
+     * q = softmax(p / T), s = softmax(f / T) over the D dimensions
+     * (torch's KLDivLoss(log_softmax(f/T), softmax(p/T)) summed over d).
+     * loss[0] = mean of l over labelled rows (0 when none), loss[1] = their
+     * count; df (when not NULL) = scale * d loss[0] / d f (overwrite;
+     * zero on unlabelled rows).  No gradient reaches the prototypes. */
+    void (*proto_loss)(gd_backend *be, float *loss, float *df, const float *f,
+                       const float *protos, const float *labels, int rows, int D, int K, float T,
+                       float alpha, float scale);
+    /* Per-class sums of rows: sums[c, :] += sum of f rows labelled c,
+     * counts[c] += their number; labels outside [0, K) are skipped. */
+    void (*class_sums)(gd_backend *be, float *sums, float *counts, const float *f,
+                       const float *labels, int rows, int D, int K);
 };
 
 /* The CPU reference backend (CBLAS + OpenMP).  A static object: no free. */

@@ -688,12 +688,29 @@ static void group_fwd(dino_trainer *t, grp *g, int gi, const dino_w *w, float *c
                       c->ln_eps);
 }
 
+/* From g->dres (d loss / d block-0 input) to the gradients of the CLS
+ * token, position embedding and patch embedding. */
+static void embed_bwd(dino_trainer *t, grp *g, const dino_w *w, dino_w *gw)
+{
+    gd_backend *be = t->be;
+    const dino_model_cfg *c = &t->mc;
+    int D = c->embed_dim, p = c->patch, cpp = c->in_chans * p * p, gn = c->img_size / p;
+    if (g->interp) {
+        be->fill(be, g->dpos, 0, (size_t)g->T * D);
+        be->tokens_bwd(be, g->dpemb, gw->cls, g->dpos, g->dres, g->B, g->np, D);
+        be->posinterp_bwd(be, gw->pos, g->dpos, gn, g->gh, g->gh, g->scale, g->scale, D);
+    } else {
+        be->tokens_bwd(be, g->dpemb, gw->cls, gw->pos, g->dres, g->B, g->np, D);
+    }
+    linear_bwd(be, NULL, &gw->patch, g->dpemb, g->patches, w->patch.w, g->B * g->np, cpp, D);
+}
+
 static void group_bwd(dino_trainer *t, grp *g, const dino_w *w, dino_w *gw, const float *dfeat,
                       bool drop)
 {
     gd_backend *be = t->be;
     const dino_model_cfg *c = &t->mc;
-    int D = c->embed_dim, p = c->patch, cpp = c->in_chans * p * p, gn = c->img_size / p;
+    int D = c->embed_dim;
     be->fill(be, g->dcls, 0, (size_t)g->B * D);
     be->layernorm_bwd(be, g->dcls, gw->norm.w, gw->norm.b, dfeat, g->cls, w->norm.w, g->out_m,
                       g->out_r, g->B, D);
@@ -703,14 +720,7 @@ static void group_bwd(dino_trainer *t, grp *g, const dino_w *w, dino_w *gw, cons
     for (int i = c->depth - 1; i >= 0; i--)
         block_bwd(t, &w->blocks[i], &gw->blocks[i], &g->blk[i], g, i ? g->blk[i - 1].xout : g->x0,
                   drop);
-    if (g->interp) {
-        be->fill(be, g->dpos, 0, (size_t)g->T * D);
-        be->tokens_bwd(be, g->dpemb, gw->cls, g->dpos, g->dres, g->B, g->np, D);
-        be->posinterp_bwd(be, gw->pos, g->dpos, gn, g->gh, g->gh, g->scale, g->scale, D);
-    } else {
-        be->tokens_bwd(be, g->dpemb, gw->cls, gw->pos, g->dres, g->B, g->np, D);
-    }
-    linear_bwd(be, NULL, &gw->patch, g->dpemb, g->patches, w->patch.w, g->B * g->np, cpp, D);
+    embed_bwd(t, g, w, gw);
 }
 
 /* DINOHead: 3-layer MLP with GELU, L2 normalisation, weight-normalised
@@ -933,4 +943,55 @@ int dino_trainer_get_center(dino_trainer *t, float *host, gd_err *err)
 int dino_trainer_set_center(dino_trainer *t, const float *host, gd_err *err)
 {
     return t->be->upload(t->be, t->center, host, t->mc.out_dim, err);
+}
+
+/* Additive, for mpa-adapt: the same teacher-group forward as
+ * dino_trainer_features, keeping the patch tokens of chosen blocks. */
+int dino_trainer_tokens(dino_trainer *t, dino_role r, float *const *views, const int *blocks,
+                        int nblocks, float *const *out, gd_err *err)
+{
+    if (r != DINO_STUDENT && r != DINO_TEACHER)
+        return gd_errf(err, "tokens: only the student or the teacher");
+    if (t->nsg != 1)
+        return gd_errf(err, "tokens: the views must have one size");
+    for (int l = 0; l < nblocks; l++)
+        if (blocks[l] < 1 || blocks[l] > t->mc.depth)
+            return gd_errf(err, "tokens: block %d is outside 1..%d", blocks[l], t->mc.depth);
+    int D = t->mc.embed_dim;
+    grp *g = &t->sg[0]; /* the student's group: it has the buffers of a backward */
+    group_fwd(t, g, 0, &t->w[r], views, t->sfeat, false, 0);
+    for (int l = 0; l < nblocks; l++)
+        t->be->copy_rows(t->be, out[l], (size_t)g->np * D, g->blk[blocks[l] - 1].xout + D,
+                         (size_t)g->T * D, g->B, (size_t)g->np * D);
+    return t->be->sync(t->be, err);
+}
+
+int dino_trainer_tokens_bwd(dino_trainer *t, dino_role r, const int *blocks, int nblocks,
+                            float *const *dtok, gd_err *err)
+{
+    if (r != DINO_STUDENT && r != DINO_TEACHER)
+        return gd_errf(err, "tokens: only the student or the teacher");
+    gd_backend *be = t->be;
+    int D = t->mc.embed_dim, top = 0;
+    grp *g = &t->sg[0];
+    for (int l = 0; l < nblocks; l++) {
+        if (blocks[l] < 1 || blocks[l] > t->mc.depth)
+            return gd_errf(err, "tokens: block %d is outside 1..%d", blocks[l], t->mc.depth);
+        top = blocks[l] > top ? blocks[l] : top;
+    }
+    dino_w *w = &t->w[r], *gw = &t->w[DINO_GRAD];
+    be->fill(be, g->dres, 0, (size_t)g->B * g->T * D);
+    /* blocks above the highest level have no gradient; each level's
+     * gradient joins the residual stream at its block's output */
+    for (int i = top - 1; i >= 0; i--) {
+        for (int l = 0; l < nblocks; l++)
+            if (blocks[l] == i + 1)
+                for (int b = 0; b < g->B; b++)
+                    be->axpy(be, g->dres + ((size_t)b * g->T + 1) * D, 1.0f,
+                             dtok[l] + (size_t)b * g->np * D, (size_t)g->np * D);
+        block_bwd(t, &w->blocks[i], &gw->blocks[i], &g->blk[i], g, i ? g->blk[i - 1].xout : g->x0,
+                  false);
+    }
+    embed_bwd(t, g, w, gw);
+    return be->sync(be, err);
 }

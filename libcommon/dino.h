@@ -147,6 +147,21 @@ int dino_trainer_outputs(dino_trainer *t, float *student, float *teacher, gd_err
 int dino_trainer_features(dino_trainer *t, dino_role r, float *const *views, float *feat,
                           gd_err *err);
 
+/* Patch tokens (no CLS, before the final norm) after each of the given
+ * blocks (1-based, each in 1..depth) of the student's or the teacher's
+ * backbone, without drop path, on the two global views: out[l] (device)
+ * gets [2 B, (res/patch)^2, embed_dim], view 0's images first.  Additive,
+ * for mpa-adapt's decoder. */
+int dino_trainer_tokens(dino_trainer *t, dino_role r, float *const *views, const int *blocks,
+                        int nblocks, float *const *out, gd_err *err);
+
+/* The backward of the last dino_trainer_tokens call (same role, blocks):
+ * dtok[l] (device, [2 B, np, embed_dim]) is the gradient of level l's
+ * tokens; the gradient of the role's backbone parameters is ADDED to the
+ * DINO_GRAD buffer (zero it first).  Additive, for mpa-adapt's fine-tuning. */
+int dino_trainer_tokens_bwd(dino_trainer *t, dino_role r, const int *blocks, int nblocks,
+                            float *const *dtok, gd_err *err);
+
 /* The per-parameter AdamW step counts, in table order (dino_trainer_params):
  * state that lives on the host, read and set by checkpoints so that a
  * resumed run continues bit for bit. */

@@ -92,4 +92,5 @@ def main():
     print(json.dumps(summary))
 
 
-main()
+if __name__ == "__main__":  # importable: adapt-data.py reuses pixel_classes
+    main()

@@ -10,6 +10,7 @@
 
 #include "cubic.h"
 #include "ops.h"
+#include "seg_ops.h"
 
 /* Loops shorter than this stay on one thread: forking costs more. */
 #define PAR_MIN 32768
@@ -708,6 +709,12 @@ static gd_backend cpu_backend = {
     .ema = cpu_ema,
     .sum = cpu_sum,
     .all_finite = cpu_all_finite,
+    /* segmentation: kernels/cpu/seg_ops.c */
+    .bilinear_fwd = cpu_bilinear_fwd,
+    .bilinear_bwd = cpu_bilinear_bwd,
+    .seg_ce = cpu_seg_ce,
+    .proto_loss = cpu_proto_loss,
+    .class_sums = cpu_class_sums,
 };
 
 gd_backend *gd_backend_cpu(void)
