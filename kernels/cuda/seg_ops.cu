@@ -1,7 +1,8 @@
 /* seg_ops.cu: the segmentation ops of ops.h (mpa-adapt) on the GPU, with
  * the semantics and the arithmetic of the CPU reference
- * (kernels/cpu/seg_ops.c): the same float expressions (built with
- * --fmad=false, as the rest of the backend), the same float64 row sums.
+ * (kernels/cpu/seg_ops.c): the same float expressions (the per-element
+ * ones shared through kernels/seg_math.h; built with --fmad=false, as the
+ * rest of the backend), the same float64 row sums.
  * Only sums over rows are added in another order (fixed by the shape, so
  * the bits do not change from run to run).
  *
@@ -16,6 +17,7 @@
  *                 then the gradient pass, which needs the total;
  *   class_sums    the backend's ordered column sums (cuda_internal.h). */
 #include "cuda_internal.h"
+#include "seg_math.h"
 
 #include <cmath>
 
@@ -24,30 +26,6 @@ namespace {
 using namespace gdcu;
 
 /* ---- bilinear resize ---------------------------------------------------------------- */
-
-/* torch's upsample_bilinear2d taps, as the CPU's bilinear_tap: source
- * coordinate (dst + 0.5) in / out - 0.5 in double, clamped at 0, the upper
- * tap clamped to the last index. */
-struct tap {
-    int i0, i1;
-    float l0, l1;
-};
-
-__device__ tap bilinear_tap(int dst, int in, int out)
-{
-    double src = (dst + 0.5) * in / out - 0.5;
-    if (src < 0)
-        src = 0;
-    int i0 = (int)src;
-    if (i0 > in - 1)
-        i0 = in - 1;
-    tap t;
-    t.i0 = i0;
-    t.i1 = i0 < in - 1 ? i0 + 1 : i0;
-    t.l1 = (float)(src - i0);
-    t.l0 = 1.0f - t.l1;
-    return t;
-}
 
 __global__ void bilinear_fwd_kernel(float *out, const float *in, int B, int h, int w, int H,
                                     int W, int C)
@@ -161,25 +139,6 @@ void cu_bilinear_bwd(gd_backend *be, float *din, const float *dout, int B, int h
 #undef BL_SHAPE
 
 /* ---- rows with a class label -------------------------------------------------------- */
-
-/* the class of row r, or -1 for the ignore index (any value outside
- * [0, K), or not an integer), as the CPU's row_class */
-__device__ int row_class(const float *labels, size_t r, int K)
-{
-    float v = labels[r];
-    return v >= 0 && v < K && v == floorf(v) ? (int)v : -1;
-}
-
-/* log-sum-exp of x * inv_t over n values, float64, in the CPU's order */
-__device__ double logsumexp(const float *x, double inv_t, int n)
-{
-    double m = -INFINITY, s = 0;
-    for (int i = 0; i < n; i++)
-        m = fmax(m, x[i] * inv_t);
-    for (int i = 0; i < n; i++)
-        s += exp(x[i] * inv_t - m);
-    return m + log(s);
-}
 
 /* A row's term of a weighted mean: its weighted loss and its weight. */
 struct row_term {
@@ -316,11 +275,7 @@ __global__ void proto_class_kernel(double *lq, int *hard, const float *protos, i
     {
         const float *p = protos + c * D;
         lq[c] = logsumexp(p, inv_t, D);
-        int best = 0;
-        for (int i = 1; i < D; i++)
-            if (p[i] > p[best])
-                best = i;
-        hard[c] = best;
+        hard[c] = argmax(p, D);
     }
 }
 
