@@ -92,6 +92,7 @@ int seg_parse_levels(seg_cfg *c, const char *spec, int depth, gd_err *err)
 const seg_cfg *seg_model_cfg(const seg_model *s) { return &s->c; }
 const run_config *seg_model_run(const seg_model *s) { return &s->rc; }
 int seg_model_batch(const seg_model *s) { return 2 * s->B; }
+gd_backend *seg_model_backend(const seg_model *s) { return s->be; }
 
 float *seg_model_params(seg_model *s, size_t *n)
 {

@@ -62,6 +62,8 @@ void seg_model_free(seg_model *s);
 const seg_cfg *seg_model_cfg(const seg_model *s);
 const run_config *seg_model_run(const seg_model *s);
 int seg_model_batch(const seg_model *s);
+/* The backend it runs on (the caller's: seg_model_free leaves it open). */
+gd_backend *seg_model_backend(const seg_model *s);
 /* The decoder's device buffers (weights, gradient; n floats), for tests. */
 float *seg_model_params(seg_model *s, size_t *n);
 float *seg_model_grads(seg_model *s, size_t *n);

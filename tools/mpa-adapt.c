@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "backend.h"
 #include "cli.h"
 #include "json.h"
 #include "mpa.h"
@@ -30,7 +31,7 @@
 typedef struct options {
     const char *cmd;
     const char *ckpt, *model, *list, *samples, *source, *target, *protos, *out, *out_dir, *log,
-        *bank_out, *levels, *class_weights, *device;
+        *bank_out, *levels, *class_weights, *device, *precision;
     bool student, quiet, finetune;
     int num_classes, emb_chans, batch, bank_every, nscales;
     long steps, save_every;
@@ -93,7 +94,9 @@ static void usage(void)
         "Common:\n"
         "  -o, --output FILE        model (train-source, adapt), prototypes, or JSON\n"
         "                           (pseudo-label, eval; default stdout)\n"
-        "      --device auto|cpu    backend (auto)\n"
+        "      --device auto|cpu|cuda[:N]  backend (auto: CUDA when built and a GPU is\n"
+        "                           present, else the CPU)\n"
+        "      --precision auto|fp32|tf32|bf16  GEMM operands on the GPU (auto)\n"
         "  -q, --quiet              no progress on stderr\n"
         "  -h, --help  -V, --version\n\n"
         "See mpa-adapt(1).  Exit status: 0 ok, 1 runtime error, 2 usage error.\n");
@@ -104,7 +107,7 @@ static void parse(int argc, char **argv, options *o)
     enum { O_CKPT = 256, O_MODEL, O_STUDENT, O_FREEZE, O_LEVELS, O_EMB, O_K, O_LIST, O_SAMPLES,
            O_SOURCE, O_TARGET, O_STEPS, O_BATCH, O_OPTIM, O_LR, O_WD, O_MOM, O_CW, O_SEED, O_LOG,
            O_SAVE, O_SCALES, O_MAXT, O_OUTDIR, O_PROTOS, O_LAMBDA, O_TEMP, O_ALPHA, O_BEVERY,
-           O_BMOM, O_BOUT, O_DEVICE, O_FINETUNE, O_BBLR };
+           O_BMOM, O_BOUT, O_DEVICE, O_PREC, O_FINETUNE, O_BBLR };
     static const struct option longs[] = {
         {"ckpt", 1, 0, O_CKPT},           {"model", 1, 0, O_MODEL},
         {"student", 0, 0, O_STUDENT},     {"freeze-backbone", 0, 0, O_FREEZE},
@@ -123,6 +126,7 @@ static void parse(int argc, char **argv, options *o)
         {"bank-every", 1, 0, O_BEVERY},   {"bank-momentum", 1, 0, O_BMOM},
         {"bank-out", 1, 0, O_BOUT},       {"device", 1, 0, O_DEVICE},
         {"finetune", 0, 0, O_FINETUNE},   {"backbone-lr-mult", 1, 0, O_BBLR},
+        {"precision", 1, 0, O_PREC},
         {"output", 1, 0, 'o'},            {"quiet", 0, 0, 'q'},
         {"help", 0, 0, 'h'},              {"version", 0, 0, 'V'},
         {0, 0, 0, 0}};
@@ -130,7 +134,7 @@ static void parse(int argc, char **argv, options *o)
                    .steps = 200, .lr = 1e-3, .backbone_lr_mult = 0.1, .wd = 0.01,
                    .momentum = 0.9, .max_thresh = 0.9,
                    .lambda_proto = 0.001, .temp = 20, .alpha = 0.9, .bank_momentum = 0.999,
-                   .optim = SEG_ADAMW, .device = "auto", .nscales = 5,
+                   .optim = SEG_ADAMW, .device = "auto", .precision = "auto", .nscales = 5,
                    .scales = {0.5, 0.75, 1, 1.25, 1.5}};
     int c;
     while ((c = getopt_long(argc, argv, "o:qhV", longs, NULL)) != -1) {
@@ -180,6 +184,7 @@ static void parse(int argc, char **argv, options *o)
         case O_BMOM: o->bank_momentum = cli_double("--bank-momentum", optarg, 0, 1); break;
         case O_BOUT: o->bank_out = optarg; break;
         case O_DEVICE: o->device = optarg; break;
+        case O_PREC: o->precision = optarg; break;
         case 'o': o->out = optarg; break;
         case 'q': o->quiet = true; break;
         case 'h': usage(); exit(0);
@@ -189,15 +194,28 @@ static void parse(int argc, char **argv, options *o)
     }
     if (optind < argc)
         cli_usage("%s: unexpected argument '%s'", o->cmd, argv[optind]);
+    gd_err err;
+    if (gd_backend_check_names(o->device, o->precision, &err))
+        cli_usage("%s", err.msg);
 }
 
-static gd_backend *pick_device(const char *d)
+/* The backend by name (backend.h): bad names are usage errors (checked
+ * by parse), a device that cannot be opened a runtime one. */
+static gd_backend *pick_device(const options *o)
 {
-    if (!strcmp(d, "cpu") || !strcmp(d, "auto"))
-        return gd_backend_cpu();
-    if (!strcmp(d, "cuda"))
-        cli_fail("--device cuda: the CUDA backend has no segmentation ops yet; use --device cpu");
-    cli_usage("--device: '%s' is not auto, cpu or cuda", d);
+    gd_err err;
+    gd_backend *be = gd_backend_open(o->device, o->precision, &err);
+    if (!be)
+        cli_fail("--device %s: %s", o->device, err.msg);
+    return be;
+}
+
+/* The model, then the backend it ran on. */
+static void free_model(seg_model *s)
+{
+    gd_backend *be = seg_model_backend(s);
+    seg_model_free(s);
+    gd_backend_close(be);
 }
 
 /* ---- the model --------------------------------------------------------- */
@@ -215,7 +233,7 @@ static void default_levels(seg_cfg *c, int depth)
 
 static seg_model *open_model(const options *o, bool allow_ckpt)
 {
-    gd_backend *be = pick_device(o->device);
+    gd_backend *be = pick_device(o);
     gd_err err;
     if (o->model) {
         if (o->ckpt)
@@ -517,7 +535,7 @@ static int cmd_train_source(const options *o)
     save_model(s, o->steps, o->out);
     seg_set_free(&src);
     free(cw);
-    seg_model_free(s);
+    free_model(s);
     return 0;
 }
 
@@ -549,7 +567,7 @@ static int cmd_adapt(const options *o)
         write_protos(o->bank_out, bk.p, bk.present, K, E, NULL, NULL, "bank", c.bank_updates);
     seg_set_free(&src), seg_set_free(&tgt);
     free(cw), free(bk.p), free(bk.present), free(bk.sums), free(bk.counts);
-    seg_model_free(s);
+    free_model(s);
     return 0;
 }
 
@@ -656,7 +674,7 @@ static int cmd_pseudo_label(const options *o)
     close_out(f, o->out);
     free(probs), free(tmp), free(conf), free(pred), free(out);
     seg_set_free(&set);
-    seg_model_free(s);
+    free_model(s);
     return 0;
 }
 
@@ -729,7 +747,7 @@ static int cmd_prototypes(const options *o)
     for (int d = 0; d < 2; d++)
         free(dp[d]), free(pp[d]);
     free(mutual), free(present);
-    seg_model_free(s);
+    free_model(s);
     return 0;
 }
 
@@ -782,7 +800,7 @@ static int cmd_eval(const options *o)
     close_out(f, o->out);
     free(probs), free(pred), free(conf);
     seg_set_free(&set);
-    seg_model_free(s);
+    free_model(s);
     return 0;
 }
 

@@ -4,31 +4,13 @@
  * count. */
 #include "seg_ops.h"
 
+#include "seg_math.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define PAR_MIN 32768
-
-/* torch's area_pixel_compute_source_index + upsample_bilinear2d taps */
-typedef struct tap {
-    int i0, i1;
-    float l0, l1;
-} tap;
-
-static tap bilinear_tap(int dst, int in, int out)
-{
-    double src = (dst + 0.5) * in / out - 0.5;
-    if (src < 0)
-        src = 0;
-    int i0 = (int)src;
-    if (i0 > in - 1)
-        i0 = in - 1;
-    tap t = {.i0 = i0, .i1 = i0 < in - 1 ? i0 + 1 : i0};
-    t.l1 = (float)(src - i0);
-    t.l0 = 1.0f - t.l1;
-    return t;
-}
 
 void cpu_bilinear_fwd(gd_backend *be, float *out, const float *in, int B, int h, int w, int H,
                       int W, int C)
@@ -76,25 +58,6 @@ void cpu_bilinear_bwd(gd_backend *be, float *din, const float *dout, int B, int 
     }
 }
 
-/* the class of a row, or -1 when its label is the ignore index (or any
- * value outside [0, K)) */
-static int row_class(const float *labels, int r, int K)
-{
-    float v = labels[r];
-    return v >= 0 && v < K && v == floorf(v) ? (int)v : -1;
-}
-
-/* log-sum-exp of x * inv_t over n values, float64 */
-static double logsumexp(const float *x, double inv_t, int n)
-{
-    double m = -INFINITY, s = 0;
-    for (int i = 0; i < n; i++)
-        m = fmax(m, x[i] * inv_t);
-    for (int i = 0; i < n; i++)
-        s += exp(x[i] * inv_t - m);
-    return m + log(s);
-}
-
 void cpu_seg_ce(gd_backend *be, float *loss, float *dlogits, const float *logits,
                 const float *labels, const float *weights, int rows, int K, float scale)
 {
@@ -132,15 +95,6 @@ void cpu_seg_ce(gd_backend *be, float *loss, float *dlogits, const float *logits
         }
     }
     free(lr);
-}
-
-static int argmax(const float *p, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (p[i] > p[best])
-            best = i;
-    return best;
 }
 
 void cpu_proto_loss(gd_backend *be, float *loss, float *df, const float *f, const float *protos,

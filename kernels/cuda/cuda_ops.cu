@@ -17,6 +17,7 @@
  * A backend is used by one thread at a time (which thread may change:
  * each entry point makes its device current). */
 #include "device.h"
+#include "cuda_internal.h"
 
 #include "cubic.h"
 
@@ -30,34 +31,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-namespace {
+namespace gdcu {
 
-enum prec_kind { P_FP32, P_TF32, P_BF16 };
-
-/* Scratch buffers.  Stream order makes it safe for consecutive ops to
- * reuse one; an op that needs several at once takes distinct slots. */
-enum ws_slot {
-    WS_A, WS_B,                       /* gemm's bf16 operands */
-    WS_QKV, WS_ATT, WS_DOUT, WS_DATT, /* attention's bf16 operands */
-    WS_COL,                           /* column sums' partial sums */
-    WS_ROWS, WS_TMP, WS_RED, WS_LOSS, WS_FLAG, WS_NSLOTS
-};
-
-struct cuda_ctx {
-    int device;
-    prec_kind prec;
-    cudaStream_t stream;
-    cublasHandle_t blas;
-    void *ws[WS_NSLOTS];
-    size_t ws_bytes[WS_NSLOTS];
-    bool failed;
-    char first[1024]; /* the first recorded error */
-};
-
-const int NT = 256;          /* threads per block */
-const unsigned MAX_GRID = 65535u * 8u;
-
-/* ---- errors ---------------------------------------------------------------- */
+/* ---- errors and scratch (declared in cuda_internal.h) ---------------------- */
 
 __attribute__((format(printf, 2, 3))) void record(cuda_ctx *c, const char *fmt, ...)
 {
@@ -91,23 +67,6 @@ __attribute__((format(printf, 3, 4))) bool cuda_ok(cuda_ctx *c, cudaError_t e, c
     va_end(ap);
     return false;
 }
-
-__attribute__((format(printf, 3, 4))) bool blas_ok(cuda_ctx *c, cublasStatus_t s, const char *fmt,
-                                                   ...)
-{
-    if (s == CUBLAS_STATUS_SUCCESS)
-        return true;
-    char reason[128];
-    snprintf(reason, sizeof reason, "cuBLAS: %s", cublasGetStatusString(s));
-    va_list ap;
-    va_start(ap, fmt);
-    record_failure(c, reason, fmt, ap);
-    va_end(ap);
-    return false;
-}
-
-/* After every launch: configuration errors show here, faults at sync. */
-#define launched(c, ...) cuda_ok((c), cudaGetLastError(), __VA_ARGS__)
 
 cuda_ctx *enter(gd_backend *be)
 {
@@ -150,132 +109,24 @@ void *scratch(cuda_ctx *c, ws_slot s, size_t bytes, const char *op)
     return c->ws[s];
 }
 
-unsigned grid_for(size_t n)
+} // namespace gdcu
+
+using namespace gdcu;
+
+namespace {
+
+__attribute__((format(printf, 3, 4))) bool blas_ok(cuda_ctx *c, cublasStatus_t s, const char *fmt,
+                                                   ...)
 {
-    size_t b = (n + NT - 1) / NT;
-    return b > MAX_GRID ? MAX_GRID : (unsigned)(b ? b : 1);
-}
-
-#define GRID_STRIDE(i, n)                                                                  \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);               \
-         i += (size_t)gridDim.x * blockDim.x)
-
-/* An elementwise kernel over n elements on the backend's stream. */
-template <class K, class... A> void launch_n(cuda_ctx *c, size_t n, const char *op, K kernel,
-                                             A... args)
-{
-    if (!n)
-        return;
-    kernel<<<grid_for(n), NT, 0, c->stream>>>(args...);
-    launched(c, "%s(n=%zu)", op, n);
-}
-
-/* ---- block reductions (blockDim.x a multiple of 32, at most 1024) ---------------- */
-
-struct op_sum {
-    __device__ static double apply(double a, double b) { return a + b; }
-    __device__ static double init() { return 0.0; }
-};
-struct op_max {
-    __device__ static double apply(double a, double b) { return a > b ? a : b; }
-    __device__ static double init() { return -INFINITY; }
-};
-
-/* Every thread gets the block's result; callable repeatedly. */
-template <class Op> __device__ double block_reduce(double v)
-{
-    __shared__ double part[32];
-    __shared__ double result;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int o = 16; o > 0; o >>= 1)
-        v = Op::apply(v, __shfl_down_sync(0xffffffffu, v, o));
-    if (lane == 0)
-        part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        int nw = (int)(blockDim.x + 31) >> 5;
-        v = lane < nw ? part[lane] : Op::init();
-        for (int o = 16; o > 0; o >>= 1)
-            v = Op::apply(v, __shfl_down_sync(0xffffffffu, v, o));
-        if (lane == 0)
-            result = v;
-    }
-    __syncthreads();
-    double r = result;
-    __syncthreads(); /* nobody overwrites part/result before all have read */
-    return r;
-}
-
-__device__ double block_sum(double v) { return block_reduce<op_sum>(v); }
-__device__ double block_max(double v) { return block_reduce<op_max>(v); }
-
-/* ---- column sums: out[i] from sum over r of f.term(r, i), in float64 -------------- */
-
-/* Blocks of 32 columns x CS row phases over one chunk of rows.  With one
- * chunk the block finishes its columns; with several (tall inputs: a
- * bias gradient over B x T rows) each writes a partial sum and
- * colsum_finish adds the chunks in order.  The chunks depend on the shape
- * only, so the bits do not change from run to run. */
-const int CS = 8;
-const int COL_CHUNKS = 64;    /* at most */
-const int COL_CHUNK_MIN = 64; /* rows */
-
-template <class F>
-__global__ void colsum_kernel(F f, int rows, size_t n, int chunk, double *part)
-{
-    __shared__ double sh[CS][33];
-    size_t i = (size_t)blockIdx.x * 32 + threadIdx.x;
-    int r0 = blockIdx.y * chunk, r1 = rows - r0 < chunk ? rows : r0 + chunk;
-    double s = 0;
-    if (i < n)
-        for (int r = r0 + threadIdx.y; r < r1; r += CS)
-            s += f.term(r, i);
-    sh[threadIdx.y][threadIdx.x] = s;
-    __syncthreads();
-    if (threadIdx.y == 0 && i < n) {
-        double t = 0;
-        for (int k = 0; k < CS; k++)
-            t += sh[k][threadIdx.x];
-        if (gridDim.y == 1)
-            f.write(i, t);
-        else
-            part[blockIdx.y * n + i] = t;
-    }
-}
-
-template <class F> __global__ void colsum_finish(F f, size_t n, const double *part, int nparts)
-{
-    GRID_STRIDE(i, n)
-    {
-        double t = 0;
-        for (int k = 0; k < nparts; k++)
-            t += part[k * n + i];
-        f.write(i, t);
-    }
-}
-
-template <class F> void colsum(cuda_ctx *c, F f, int rows, size_t n, const char *op)
-{
-    if (n == 0 || rows < 0)
-        return;
-    size_t nb = (n + 31) / 32;
-    if (nb > 0x7fffffffu) {
-        record(c, "cuda: %s(rows=%d, n=%zu): too many columns", op, rows, n);
-        return;
-    }
-    int nparts = rows / COL_CHUNK_MIN;
-    nparts = nparts < 1 ? 1 : nparts > COL_CHUNKS ? COL_CHUNKS : nparts;
-    int chunk = rows > 0 ? (rows + nparts - 1) / nparts : 1;
-    double *part = NULL;
-    if (nparts > 1 && !(part = (double *)scratch(c, WS_COL, nparts * n * sizeof(double), op)))
-        return;
-    colsum_kernel<<<dim3((unsigned)nb, nparts), dim3(32, CS), 0, c->stream>>>(f, rows, n, chunk,
-                                                                             part);
-    launched(c, "%s(rows=%d, n=%zu)", op, rows, n);
-    if (nparts > 1) {
-        colsum_finish<<<grid_for(n), NT, 0, c->stream>>>(f, n, part, nparts);
-        launched(c, "%s(rows=%d, n=%zu): finish", op, rows, n);
-    }
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return true;
+    char reason[128];
+    snprintf(reason, sizeof reason, "cuBLAS: %s", cublasGetStatusString(s));
+    va_list ap;
+    va_start(ap, fmt);
+    record_failure(c, reason, fmt, ap);
+    va_end(ap);
+    return false;
 }
 
 /* ---- memory ---------------------------------------------------------------------- */
@@ -1190,8 +1041,6 @@ void cu_center_update(gd_backend *be, float *center, const float *t, int rows, i
 /* A fixed-order sum (or sum of squares) in float64: RED_BLOCKS partial sums
  * (as many as the size needs, up to the cap), then those in order by one
  * thread.  The same n gives the same grid, hence the same bits. */
-const unsigned RED_BLOCKS = 1024;
-
 __global__ void partial_sums_kernel(double *part, const float *x, size_t n, int sq)
 {
     double s = 0;
@@ -1370,6 +1219,7 @@ void fill_table(gd_backend *be)
     be->ema = cu_ema;
     be->sum = cu_sum;
     be->all_finite = cu_all_finite;
+    fill_seg_ops(be); /* seg_ops.cu */
     /* ops added to ops.h later stay NULL (calloc) until written here */
 }
 

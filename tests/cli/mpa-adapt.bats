@@ -233,6 +233,44 @@ PY
     assert_success
 }
 
+@test "--device/--precision: cpu runs; cuda agrees with it or is refused clearly; bad names are usage errors" {
+    "$BIN/mpa-adapt" pseudo-label --model "$D/seg.mpt" --list "$D/data/tgt-train-images.txt" \
+        --out-dir "$TMP/pl" -q -o /dev/null
+    "$BIN/mpa-adapt" prototypes --model "$D/seg.mpt" --source "$D/data/src-train.txt" \
+        --target "$TMP/pl/list.txt" -q -o "$TMP/p.mpt" 2>/dev/null
+    adapt() {
+        "$BIN/mpa-adapt" adapt --model "$D/seg.mpt" --source "$D/data/src-train.txt" \
+            --target "$TMP/pl/list.txt" --protos "$TMP/p.mpt" --lambda-proto 0.5 --steps 2 \
+            --batch-size 4 -q "$@"
+    }
+    adapt --device cpu --log "$TMP/cpu.jsonl" -o "$TMP/cpu.mpt"
+    run adapt --device cuda --precision fp32 --log "$TMP/gpu.jsonl" -o "$TMP/gpu.mpt"
+    if [ "$status" -eq 0 ]; then    # a GPU and a CUDA build: the first step's losses agree
+        run $PY - "$TMP/cpu.jsonl" "$TMP/gpu.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l) for l in open(f)][0] for f in sys.argv[1:])
+for k in ("ce_source", "ce_target", "proto_source"):
+    assert abs(a[k] - b[k]) <= 1e-4 * abs(a[k]) + 1e-6, (k, a[k], b[k])
+print("ok")
+PY
+        assert_output "ok"
+    else
+        assert_failure 1
+        assert_output --regexp '^mpa-adapt: --device cuda: (this build has no CUDA backend|no CUDA device)'
+        [ ! -e "$TMP/gpu.mpt" ]
+    fi
+    run "$BIN/mpa-adapt" eval --model "$D/seg.mpt" --list "$D/data/tgt-test.txt" --device tpu
+    assert_failure 2
+    assert_output --partial "'tpu' is not auto, cpu, cuda or cuda:N"
+    run "$BIN/mpa-adapt" eval --model "$D/seg.mpt" --list "$D/data/tgt-test.txt" --precision fp16
+    assert_failure 2
+    assert_output --partial "'fp16' is not auto, fp32, tf32 or bf16"
+    run "$BIN/mpa-adapt" eval --model "$D/seg.mpt" --list "$D/data/tgt-test.txt" --device cpu \
+        --precision bf16
+    assert_failure 2
+    assert_output --partial "the CPU backend computes in fp32 only"
+}
+
 @test "bad inputs: clear errors, nothing written" {
     # a label outside the classes, named with its file and line
     /usr/bin/python3 -c "
