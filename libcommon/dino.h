@@ -147,6 +147,15 @@ int dino_trainer_outputs(dino_trainer *t, float *student, float *teacher, gd_err
 int dino_trainer_features(dino_trainer *t, dino_role r, float *const *views, float *feat,
                           gd_err *err);
 
+/* DINO's eval_linear --avgpool_patchtokens (n_last_blocks 1): the final
+ * norm applied to every token of the last block, then per image the CLS
+ * token c and the mean m of the patch tokens, interleaved as DINO's
+ * cat((c.unsqueeze(-1), m.unsqueeze(-1)), -1).reshape(B, -1) lays them
+ * out: feat (host) gets [2 B, 2 embed_dim], element 2i = c[i], 2i+1 = m[i].
+ * Same views and role rules as dino_trainer_features.  Additive. */
+int dino_trainer_features_avgpool(dino_trainer *t, dino_role r, float *const *views, float *feat,
+                                  gd_err *err);
+
 /* Patch tokens (no CLS, before the final norm) after each of the given
  * blocks (1-based, each in 1..depth) of the student's or the teacher's
  * backbone, without drop path, on the two global views: out[l] (device)

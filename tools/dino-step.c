@@ -1345,7 +1345,8 @@ static void usage_embed(void)
 {
     printf("Usage: dino-step embed --ckpt CKPT.mpt [OPTION]... [ROOT|TILE]...\n"
            "Backbone features (the CLS token after the final norm, as DINO's k-NN\n"
-           "evaluation) of whole tiles, as a `features` message for knn-eval.  Tiles are\n"
+           "evaluation; with --avgpool also the mean patch token) of whole tiles, as a\n"
+           "`features` message for knn-eval.  Tiles are\n"
            "normalized with the stats the run was initialised with, then centre-cropped to\n"
            "the largest square that is a multiple of the patch size (all tiles must agree).\n"
            "Labels: --list lines \"PATH LABEL\", or ImageFolder roots (ROOT/CLASS/*.tif, classes\n"
@@ -1353,6 +1354,8 @@ static void usage_embed(void)
            "Integer labels are kept as they are; names become indices in sorted order.\n\n"
            "  --ckpt FILE              the checkpoint\n"
            "  --which teacher|student  whose backbone (default teacher, as DINO evaluates)\n"
+           "  --avgpool                CLS and mean of the normed patch tokens, interleaved\n"
+           "                           (2 x embed_dim), as DINO's eval_linear --avgpool_patchtokens\n"
            "  --list FILE              \"PATH LABEL\" lines\n"
            "  --stats FILE             normalize with this stats message instead\n"
            "  --batch-size N           tiles per forward pass, even (default 4)\n"
@@ -1363,15 +1366,17 @@ static void usage_embed(void)
 
 static int cmd_embed(int argc, char **argv)
 {
-    enum { E_CKPT = 400, E_WHICH, E_LIST, E_STATS, E_BS, E_DEV, E_PREC, E_VERSION };
+    enum { E_CKPT = 400, E_WHICH, E_LIST, E_STATS, E_BS, E_DEV, E_PREC, E_AVG, E_VERSION };
     static const struct option longs[] = {
         {"ckpt", 1, 0, E_CKPT}, {"which", 1, 0, E_WHICH}, {"list", 1, 0, E_LIST},
         {"stats", 1, 0, E_STATS}, {"batch-size", 1, 0, E_BS}, {"output", 1, 0, 'o'},
-        {"device", 1, 0, E_DEV}, {"precision", 1, 0, E_PREC}, {"help", 0, 0, 'h'}, {"version", 0, 0, E_VERSION}, {0, 0, 0, 0}};
+        {"device", 1, 0, E_DEV}, {"precision", 1, 0, E_PREC}, {"avgpool", 0, 0, E_AVG},
+        {"help", 0, 0, 'h'}, {"version", 0, 0, E_VERSION}, {0, 0, 0, 0}};
     const char *ckpt = NULL, *list = NULL, *stats = NULL, *out = "-", *device = "auto",
                *precision = "auto";
     dino_role role = DINO_TEACHER;
     long bs = 4;
+    bool avgpool = false;
     int o;
     while ((o = getopt_long(argc, argv, "o:h", longs, NULL)) != -1) {
         switch (o) {
@@ -1390,6 +1395,7 @@ static int cmd_embed(int argc, char **argv)
         case 'o': out = optarg; break;
         case E_DEV: device = optarg; break;
         case E_PREC: precision = optarg; break;
+        case E_AVG: avgpool = true; break;
         case 'h': usage_embed(); exit(0);
         case E_VERSION: cli_print_version(); exit(0);
         default: cli_usage("unknown option");
@@ -1451,7 +1457,7 @@ static int cmd_embed(int argc, char **argv)
     int size = 0;
     if (embed_tile(&cfg, ss.s[0].path, &size, NULL, &err))
         cli_fail("%s", err.msg);
-    int B = (int)(bs / 2), C = cfg.model.in_chans, D = cfg.model.embed_dim;
+    int B = (int)(bs / 2), C = cfg.model.in_chans, D = cfg.model.embed_dim * (avgpool ? 2 : 1);
     batch_shape shape = {.B = B, .G = 2, .L = 0, .C = C, .H = size, .h = 0};
     dino_trainer *t = run_trainer_new(be, &cfg, &shape, &err);
     if (!t)
@@ -1483,7 +1489,8 @@ static int cmd_embed(int argc, char **argv)
             if (be->upload(be, v.dev[k / B] + (size_t)(k % B) * img, tile, img, &err))
                 cli_fail("%s", err.msg);
         }
-        if (dino_trainer_features(t, role, v.dev, fbuf, &err))
+        if ((avgpool ? dino_trainer_features_avgpool : dino_trainer_features)(t, role, v.dev, fbuf,
+                                                                               &err))
             cli_fail("embed: %s", err.msg);
         size_t rows = ss.n - first < 2 * (size_t)B ? ss.n - first : 2 * (size_t)B;
         memcpy(feat + first * D, fbuf, rows * D * sizeof *feat);
@@ -1500,7 +1507,9 @@ static int cmd_embed(int argc, char **argv)
               value_set_str(meta, "version", GEODINO_VERSION) &&
               value_set_str(meta, "checkpoint", ckpt) &&
               value_set_str(meta, "which", role == DINO_TEACHER ? "teacher" : "student") &&
-              value_set_int(meta, "size", size) && value_set_strs(meta, "files", files, ss.n);
+              value_set_int(meta, "size", size) &&
+              value_set_str(meta, "pooling", avgpool ? "cls+avgpool" : "cls") &&
+              value_set_strs(meta, "files", files, ss.n);
     if (ok && !ints)
         ok = value_set_strs(meta, "classes", (const char *const *)names, nclasses) != NULL;
     if (!ok)

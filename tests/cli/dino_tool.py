@@ -17,6 +17,8 @@ geodino's C code (msgpack + numpy only).
   vit CKPT ROLE TILE...         CLS features of a float64 numpy ViT (timm's, DINO's eval:
                                 the final norm's CLS token) of GDAL-read tiles, normalized
                                 and centre-cropped as dino-step embed documents; JSON
+  vit-avgpool CKPT ROLE TILE... the same ViT, DINO eval_linear's avgpool features: the CLS
+                                token and the mean of the normed patch tokens, interleaved
 """
 import math
 import json
@@ -87,7 +89,7 @@ def layernorm(x, w, b, eps):
     return (x - m) / np.sqrt(v + eps) * w + b
 
 
-def vit_features(ck, role, tiles):
+def vit_features(ck, role, tiles, avgpool=False):
     from osgeo import gdal
     meta, t = ck["meta"], ck["tensors"]
     cfg, st = meta["config"], meta["stats"]
@@ -123,7 +125,11 @@ def vit_features(ck, role, tiles):
             y = y * 0.5 * (1 + erf(y / math.sqrt(2)))
             z = z + y @ B("mlp/fc2/weight").T + B("mlp/fc2/bias")
         z = layernorm(z, P("backbone/norm/weight"), P("backbone/norm/bias"), cfg["ln_eps"])
-        out.append(z[0].tolist())
+        if avgpool:
+            # DINO: cat((cls.unsqueeze(-1), mean.unsqueeze(-1)), -1).reshape(B, -1)
+            out.append(np.stack([z[0], z[1:].mean(0)], -1).reshape(-1).tolist())
+        else:
+            out.append(z[0].tolist())
     return out
 
 
@@ -211,6 +217,8 @@ def main():
         replies(s)
     elif cmd == "vit":
         print(json.dumps(vit_features(one(a[0]), a[1], a[2:])))
+    elif cmd == "vit-avgpool":
+        print(json.dumps(vit_features(one(a[0]), a[1], a[2:], avgpool=True)))
     else:
         sys.exit("unknown command " + cmd)
 
