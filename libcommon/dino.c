@@ -869,6 +869,13 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
     return be->sync(be, err);
 }
 
+/* t->norms holds clip_per_tensor's norms, trainable parameters only. */
+void dino_trainer_grad_norms(const dino_trainer *t, double *norms)
+{
+    for (int i = 0, k = 0; i < t->np; i++)
+        norms[i] = t->tab[i].trainable ? t->norms[k++] : 0;
+}
+
 int dino_trainer_features(dino_trainer *t, dino_role r, float *const *views, float *feat,
                           gd_err *err)
 {

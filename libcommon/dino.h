@@ -171,6 +171,12 @@ int dino_trainer_tokens(dino_trainer *t, dino_role r, float *const *views, const
 int dino_trainer_tokens_bwd(dino_trainer *t, dino_role r, const int *blocks, int nblocks,
                             float *const *dtok, gd_err *err);
 
+/* The L2 norm of each parameter's gradient in the last dino_trainer_step,
+ * before clipping (what DINO's utils.clip_gradients returns), into
+ * norms[i] for parameter i of the table (0 for an untrainable one, which
+ * has no gradient; all 0 before the first step).  Additive. */
+void dino_trainer_grad_norms(const dino_trainer *t, double *norms);
+
 /* The per-parameter AdamW step counts, in table order (dino_trainer_params):
  * state that lives on the host, read and set by checkpoints so that a
  * resumed run continues bit for bit. */

@@ -604,21 +604,14 @@ int step_metrics_compute(gd_backend *be, dino_trainer *t, const run_config *c, c
     free(tout), free(mean), free(q);
     if (rc || !grads)
         return rc;
-    size_t n = dino_trainer_nfloats(t);
-    float *g = malloc(n * sizeof(float));
-    if (!g)
-        return gd_errf(err, "out of memory");
-    if (be->download(be, g, dino_trainer_buffer(t, DINO_GRAD), n, err)) {
-        free(g);
-        return -1;
-    }
     int np;
     const dino_param *tab = dino_trainer_params(t, &np);
-    double bb = 0, hd = 0, ll = 0;
+    double *norm = malloc(np * sizeof *norm), bb = 0, hd = 0, ll = 0;
+    if (!norm)
+        return gd_errf(err, "out of memory");
+    dino_trainer_grad_norms(t, norm);
     for (int i = 0; i < np; i++) {
-        double s = 0;
-        for (size_t k = 0; k < tab[i].n; k++)
-            s += (double)g[tab[i].off + k] * g[tab[i].off + k];
+        double s = norm[i] * norm[i];
         if (tab[i].last_layer)
             ll += s;
         else if (!strncmp(tab[i].name, "head/", 5))
@@ -626,7 +619,7 @@ int step_metrics_compute(gd_backend *be, dino_trainer *t, const run_config *c, c
         else
             bb += s;
     }
-    free(g);
+    free(norm);
     mx->grad_norm_backbone = sqrt(bb);
     mx->grad_norm_head = sqrt(hd);
     mx->grad_norm_last_layer = sqrt(ll);

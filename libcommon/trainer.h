@@ -89,6 +89,7 @@ int checkpoint_restore(dino_trainer *t, const msg *ck, gd_err *err);
 
 /* Metrics of the last step, computed on the host. */
 typedef struct step_metrics {
+    /* L2 norms of the gradient before clipping (DINO clip_gradients' return value) */
     double grad_norm_backbone, grad_norm_head, grad_norm_last_layer, grad_norm_total;
     double teacher_entropy;       /* mean over rows of H(q), nats */
     double teacher_mean_entropy;  /* H(mean over rows of q): ~0 when every row picks one dim */

@@ -122,6 +122,23 @@ assert rows[0]["momentum"] == 0.996 and rows[3]["momentum"] > rows[0]["momentum"
 assert abs(rows[0]["wd"] - 0.04) < 1e-15 and rows[3]["wd"] > rows[0]["wd"]
 assert rows[0]["last_layer_frozen"] and not rows[2]["last_layer_frozen"]
 PY
+    # grad norms are logged before clipping (DINO's clip_gradients return value)
+    init --clip-grad 0.001 -o "$TMP/k.mpt"
+    init --clip-grad 0 -o "$TMP/n.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/k.mpt" --log "$TMP/k.jsonl" --log-every 1 --steps 2 "$TMP/b.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/n.mpt" --log "$TMP/n.jsonl" --log-every 1 --steps 2 "$TMP/b.mpt"
+    run $PY - "$TMP/k.jsonl" "$TMP/n.jsonl" <<'PY'
+import json, sys
+k, n = ([json.loads(l) for l in open(p)] for p in sys.argv[1:])
+g = k[0]["grad_norm"]
+# after clipping each of the 37 trainable tensors to 0.001 the total would be < 0.0061
+assert g["total"] > 37 ** 0.5 * 0.001, g
+assert abs(g["total"] ** 2 - g["backbone"] ** 2 - g["head"] ** 2 - g["last_layer"] ** 2) <= 1e-9 * g["total"] ** 2
+# step 1 has the same gradient whether or not it is clipped (lr is 0 at step 0)
+assert k[0]["grad_norm"] == n[0]["grad_norm"], (k[0]["grad_norm"], n[0]["grad_norm"])
+print(k[0]["clipped"], n[0]["clipped"], n[1]["clipped"])
+PY
+    assert_output "37 0 0"
     # student and teacher moved apart from the initialisation, the center too
     init -o "$TMP/i.mpt"
     run $PY "$TOOL" diff "$TMP/i.mpt" "$TMP/c.mpt"
