@@ -535,11 +535,20 @@ int checkpoint_save(dino_trainer *t, const run_config *c, long step, const char 
     return rc;
 }
 
+int checkpoint_restore_weights(dino_trainer *t, const msg *ck, gd_err *err)
+{
+    for (dino_role r = DINO_STUDENT; r <= DINO_TEACHER; r++)
+        if (dino_trainer_load(t, r, ck, dino_role_prefix(r), err))
+            return -1;
+    return 0;
+}
+
 int checkpoint_restore(dino_trainer *t, const msg *ck, gd_err *err)
 {
-    static const dino_role roles[] = {DINO_STUDENT, DINO_TEACHER, DINO_ADAM_M, DINO_ADAM_V};
-    for (int r = 0; r < 4; r++)
-        if (dino_trainer_load(t, roles[r], ck, dino_role_prefix(roles[r]), err))
+    if (checkpoint_restore_weights(t, ck, err))
+        return -1;
+    for (dino_role r = DINO_ADAM_M; r <= DINO_ADAM_V; r++)
+        if (dino_trainer_load(t, r, ck, dino_role_prefix(r), err))
             return -1;
     int np;
     const dino_param *tab = dino_trainer_params(t, &np);

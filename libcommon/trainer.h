@@ -86,6 +86,10 @@ int checkpoint_save(dino_trainer *t, const run_config *c, long step, const char 
 /* Sets the trainer's state (all four roles, center, AdamW step counts)
  * from a checkpoint message. */
 int checkpoint_restore(dino_trainer *t, const msg *ck, gd_err *err);
+/* Only the student's and the teacher's weights, for a new schedule from
+ * them (dino-step train --restart): moments, center and AdamW step counts
+ * stay as a new trainer has them, zero. */
+int checkpoint_restore_weights(dino_trainer *t, const msg *ck, gd_err *err);
 
 /* Metrics of the last step, computed on the host. */
 typedef struct step_metrics {

@@ -376,8 +376,16 @@ static int start_thread(void *(*fn)(void *), void *arg)
  * The training state shared by train and serve
  * ====================================================================== */
 
+/* What train and serve do with a checkpoint that has trained (step > 0). */
+typedef enum {
+    RESUME_CONTINUE,   /* --resume (default): its step, moments, center, schedules */
+    RESUME_RESTART,    /* --restart: its weights, as step 0 of a new schedule */
+    RESUME_REFUSE      /* --no-resume: an error; only a fresh (step 0) one is trained */
+} resume_mode;
+
 typedef struct run {
     const char *ckpt, *log_path;
+    resume_mode resume;
     long steps_max;          /* this invocation; 0: no limit */
     long save_every, log_every;
     int keep;
@@ -428,6 +436,14 @@ static void run_load(run *r)
     if (!s || s->type != V_INT || s->u.i < 0)
         cli_fail("%s: meta step: missing or negative", r->ckpt);
     r->step = r->start_step = r->saved_step = (long)s->u.i;
+    if (r->step > 0 && r->resume == RESUME_REFUSE)
+        cli_fail("%s: has trained %ld steps and --no-resume was given (--resume continues it, "
+                 "--restart starts a new schedule from its weights)", r->ckpt, r->step);
+    if (r->step > 0 && r->resume == RESUME_RESTART) {
+        cli_warn("%s: --restart: step %ld -> 0; the weights are kept, the optimizer moments, "
+                 "center and schedules start afresh", r->ckpt, r->step);
+        r->step = r->start_step = r->saved_step = 0;
+    }
     r->end_step = (long)r->cfg.train.epochs * r->cfg.train.niter_per_epoch;
     if (r->save_every < 0)
         r->save_every = r->cfg.train.niter_per_epoch;
@@ -446,7 +462,8 @@ static int run_start(run *r, const msg *batch, gd_err *err)
     r->t = run_trainer_new(r->be, &r->cfg, &s, err);
     if (!r->t)
         return -1;
-    if (checkpoint_restore(r->t, r->ck, err))
+    if ((r->resume == RESUME_RESTART ? checkpoint_restore_weights : checkpoint_restore)(r->t, r->ck,
+                                                                                       err))
         return gd_err_prefix(err, "%s", r->ckpt);
     dino_trainer_set_comm(r->t, r->comm);
     if (views_init(&r->v, r->be, &s, err))
@@ -596,14 +613,15 @@ static void run_free(run *r)
 /* Options common to train and serve. */
 enum {
     T_CKPT = 300, T_STEPS, T_SAVE, T_KEEP, T_LOG, T_LOGE, T_COLL, T_COLLW, T_DEVICE, T_QUIET,
-    T_PROGRESS, T_RESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK, T_CTIMEOUT, T_PRECISION
+    T_PROGRESS, T_RESUME, T_RESTART, T_NORESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK, T_CTIMEOUT, T_PRECISION
 };
 static const struct option train_longs[] = {
     {"ckpt", 1, 0, T_CKPT}, {"steps", 1, 0, T_STEPS}, {"save-every", 1, 0, T_SAVE},
     {"keep", 1, 0, T_KEEP}, {"log", 1, 0, T_LOG}, {"log-every", 1, 0, T_LOGE},
     {"collapse-check", 0, 0, T_COLL}, {"collapse-window", 1, 0, T_COLLW},
     {"device", 1, 0, T_DEVICE}, {"precision", 1, 0, T_PRECISION}, {"quiet", 0, 0, T_QUIET},
-    {"progress", 0, 0, T_PROGRESS}, {"resume", 0, 0, T_RESUME}, {"socket", 1, 0, T_SOCKET},
+    {"progress", 0, 0, T_PROGRESS}, {"resume", 0, 0, T_RESUME}, {"restart", 0, 0, T_RESTART},
+    {"no-resume", 0, 0, T_NORESUME}, {"socket", 1, 0, T_SOCKET},
     {"max-message", 1, 0, T_MAXMSG}, {"distributed", 1, 0, T_DIST}, {"check-every", 1, 0, T_CHECK},
     {"comm-timeout", 1, 0, T_CTIMEOUT},
     {"help", 0, 0, 'h'}, {"version", 0, 0, T_VERSION}, {0, 0, 0, 0}};
@@ -615,9 +633,10 @@ static void usage_train(void)
            "Trains from `batch` messages (multicrop), one DINO iteration per message, from\n"
            "BATCHES (a file or FIFO; default '-', standard input) or, with serve, from any\n"
            "number of producers connected to a Unix-domain socket.  The run continues from\n"
-           "the checkpoint's step (init makes step 0) and stops at the end of the input,\n"
-           "after --steps, at the end of the schedule (epochs), or on SIGTERM/SIGINT (the\n"
-           "current step finishes and the checkpoint is saved; exit 0).  SIGUSR1 saves.\n\n"
+           "the checkpoint's step (init makes step 0; see --restart) and stops at the end\n"
+           "of the input, after --steps, at the end of the schedule (epochs), or on\n"
+           "SIGTERM/SIGINT (the current step finishes and the checkpoint is saved; exit 0).\n"
+           "SIGUSR1 saves.\n\n"
            "  --ckpt FILE          checkpoint to continue from and to save to (atomically)\n"
            "  --steps N            at most N steps in this run\n"
            "  --save-every N       save every N steps (default: every epoch; 0: only at the end)\n"
@@ -631,7 +650,11 @@ static void usage_train(void)
            "  --precision auto|fp32|tf32|bf16  GEMM operands on the GPU (auto: bf16 where the\n"
            "                       GPU has it); accumulation, weights and optimizer stay fp32\n"
            "  --quiet, --progress  progress line on stderr: never / always (default: terminal)\n"
-           "  --resume             continue from the checkpoint's step (the default)\n"
+           "  --resume             continue a trained checkpoint exactly: its step, weights,\n"
+           "                       AdamW moments and step counts, center, schedules (default)\n"
+           "  --restart            start a new schedule (step 0) from its weights: moments,\n"
+           "                       center and step counts zero, as after init\n"
+           "  --no-resume          refuse a checkpoint that has trained (step > 0)\n"
            "train only, data-parallel (mpirun -np N / srun dino-step train ...):\n"
            "  --distributed auto|yes|no   use MPI (auto: when a launcher started several ranks)\n"
            "  --check-every N      compare the ranks' weight checksums every N steps (100; 0: off)\n"
@@ -692,7 +715,7 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
     r->check_every = 100;
     r->comm_timeout = 1800;
     r->collapse_window = 100;
-    bool quiet = false, progress = false;
+    bool quiet = false, progress = false, resume_set = false;
     const char *device = "auto", *precision = "auto";
     int o;
     while ((o = getopt_long(argc, argv, "h", train_longs, NULL)) != -1) {
@@ -709,7 +732,17 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
         case T_PRECISION: precision = optarg; break;
         case T_QUIET: quiet = true; break;
         case T_PROGRESS: progress = true; break;
-        case T_RESUME: break;
+        case T_RESUME:
+        case T_RESTART:
+        case T_NORESUME: {
+            resume_mode m = o == T_RESUME    ? RESUME_CONTINUE
+                            : o == T_RESTART ? RESUME_RESTART
+                                             : RESUME_REFUSE;
+            if (resume_set && m != r->resume)
+                cli_usage("--resume, --restart and --no-resume exclude each other");
+            r->resume = m, resume_set = true;
+            break;
+        }
         case T_SOCKET:
             if (!serve)
                 cli_usage("--socket belongs to 'dino-step serve'");

@@ -340,3 +340,47 @@ PY
     run meta "$TMP/c.mpt" step
     assert_output "2"
 }
+
+@test "--restart: a new schedule from the weights; --no-resume refuses a trained checkpoint" {
+    batches
+    init -o "$TMP/c.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --steps 3 "$TMP/b.mpt"
+    cp "$TMP/c.mpt" "$TMP/r.mpt"
+    cp "$TMP/c.mpt" "$TMP/c0.mpt"
+    # what --restart should equal: a fresh init holding c's weights
+    init -o "$TMP/f.mpt"
+    $PY "$TOOL" graft "$TMP/f.mpt" "$TMP/c.mpt" "$TMP/f.mpt" student/ teacher/
+    run $PY "$TOOL" diff "$TMP/c.mpt" "$TMP/f.mpt" adam_m/
+    assert_line "adam_m/backbone/cls_token"   # c's moments are not zero: the test can fail
+    run "$BIN/dino-step" train --ckpt "$TMP/r.mpt" --restart --steps 2 --log "$TMP/r.jsonl" \
+        --log-every 1 "$TMP/b.mpt"
+    assert_success
+    assert_output --partial "--restart: step 3 -> 0"
+    "$BIN/dino-step" train --ckpt "$TMP/f.mpt" --steps 2 "$TMP/b.mpt"
+    run meta "$TMP/r.mpt" step
+    assert_output "2"
+    run $PY "$TOOL" diff "$TMP/r.mpt" "$TMP/f.mpt"
+    assert_output ""
+    [ "$(meta "$TMP/r.mpt" adam_steps)" = "$(meta "$TMP/f.mpt" adam_steps)" ]
+    # the schedules start afresh: iteration 0 is warmup's lr 0 and base momentum
+    run $PY -c 'import json, sys; r = json.loads(open(sys.argv[1]).readline())
+print(r["step"], r["lr"], r["momentum"])' "$TMP/r.jsonl"
+    assert_output "1 0 0.996"
+    # a restarted run then resumes exactly like any other
+    cp "$TMP/r.mpt" "$TMP/r2.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/r.mpt" --steps 1 "$TMP/b2.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/r2.mpt" --resume --steps 1 "$TMP/b2.mpt"
+    cmp "$TMP/r.mpt" "$TMP/r2.mpt"
+    # --no-resume: a trained checkpoint is refused and left alone, a fresh one trains
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --no-resume "$TMP/b.mpt"
+    assert_failure 1
+    assert_output --partial "has trained 3 steps and --no-resume was given"
+    cmp "$TMP/c.mpt" "$TMP/c0.mpt"
+    init -o "$TMP/z.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/z.mpt" --no-resume --steps 1 "$TMP/b.mpt"
+    run meta "$TMP/z.mpt" step
+    assert_output "1"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --resume --restart "$TMP/b.mpt"
+    assert_failure 2
+    assert_output --partial "exclude each other"
+}

@@ -9,6 +9,7 @@ geodino's C code (msgpack + numpy only).
   init-check FILE               student == teacher, center and moments zero
   badbatch IN OUT what          first batch of IN altered: nan | huge | bsize
   collapse IN OUT               last layer of student and teacher made rank one (uniform output)
+  graft DST SRC OUT PREFIX...   DST with the tensors of SRC whose names start with a PREFIX
   ckpt OUT JSON                 a checkpoint from {"teacher/x": [[...]], "student/x": ...} (<f4)
   ema T S M                     numpy float32 m t + (1 - m) s for each teacher/ tensor, as JSON
   send SOCK FILE...             sends the files' bytes to a Unix socket, prints replies as JSON
@@ -187,6 +188,12 @@ def main():
             v = arr(m["tensors"][k])
             m["tensors"][k] = put(np.ones_like(v) * v[0])
         open(a[1], "wb").write(msgpack.packb(m))
+    elif cmd == "graft":
+        m, src = one(a[0]), one(a[1])["tensors"]
+        for k in src:
+            if any(k.startswith(p) for p in a[3:]):
+                m["tensors"][k] = src[k]
+        open(a[2], "wb").write(msgpack.packb(m))
     elif cmd == "ckpt":
         spec = json.loads(a[1])
         m = {"v": 1, "kind": "checkpoint", "meta": {"step": 0},
