@@ -30,6 +30,10 @@ typedef struct run_config {
     int global_crops_number;      /* 2 */
     int local_crops_number;       /* 8 */
     double global_crops_scale[2], local_crops_scale[2];
+    /* crop sides in pixels (DINOv2's global_crops_size, local_crops_size):
+     * 0 until init's --global-size/--local-size or the first batch fixes
+     * them; optional keys in meta (older checkpoints lack them) */
+    int global_crops_size, local_crops_size;
     long dataset_size;            /* 0 when iters_per_epoch was given directly */
     uint64_t seed;
     /* normalisation of the training data (tif-stats), for embed */
@@ -58,6 +62,11 @@ typedef struct batch_shape {
 } batch_shape;
 int batch_shape_of(const msg *m, batch_shape *s, gd_err *err);
 int batch_check(const run_config *c, const batch_shape *s, gd_err *err);
+/* A crop side for the model: a multiple of the patch, at most 4 img_size;
+ * what names the view ("global", "local") in the error. */
+int crop_size_check(const run_config *c, const char *what, int size, gd_err *err);
+/* Records the first batch's crop sizes where the configuration has none. */
+void run_config_fix_sizes(run_config *c, const batch_shape *s);
 
 /* Device buffers for the views, filled from batch messages. */
 typedef struct views {

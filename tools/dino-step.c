@@ -72,6 +72,8 @@ static void usage_init(void)
            "  --global-crops-scale A B       (0.4 1)\n"
            "  --local-crops-number N         (8)\n"
            "  --local-crops-scale A B        (0.05 0.4)\n"
+           "  --global-size N, --local-size N  crop sides in px (multicrop's), checked against\n"
+           "                                 every batch (default: the first batch fixes them)\n"
            "  --seed N                       (0)\n"
            "  --iters-per-epoch N            the schedules' epoch length (required, or:)\n"
            "  --dataset-size N               iters per epoch = N / (B * world size)\n"
@@ -108,7 +110,7 @@ static int cmd_init(int argc, char **argv)
         O_ARCH = 256, O_PATCH, O_OUTDIM, O_NORMLL, O_DPR, O_INCH, O_STATS, O_IMG, O_EDIM, O_DEPTH,
         O_HEADS, O_MLP, O_HID, O_BN, O_MT, O_WTT, O_TT, O_WTTE, O_WD, O_WDE, O_CLIP, O_BS, O_WORLD,
         O_EPOCHS, O_FREEZE, O_LR, O_WE, O_MINLR, O_GCS, O_LCN, O_LCS, O_SEED, O_IPE, O_DSIZE,
-        O_FORCE, O_PRINT, O_VERSION
+        O_FORCE, O_PRINT, O_GSIZE, O_LSIZE, O_VERSION
     };
     static const struct option longs[] = {
         {"arch", 1, 0, O_ARCH}, {"patch-size", 1, 0, O_PATCH}, {"out-dim", 1, 0, O_OUTDIM},
@@ -124,6 +126,8 @@ static int cmd_init(int argc, char **argv)
         {"freeze-last-layer", 1, 0, O_FREEZE}, {"lr", 1, 0, O_LR}, {"warmup-epochs", 1, 0, O_WE},
         {"min-lr", 1, 0, O_MINLR}, {"global-crops-scale", 1, 0, O_GCS},
         {"local-crops-number", 1, 0, O_LCN}, {"local-crops-scale", 1, 0, O_LCS},
+        {"global-size", 1, 0, O_GSIZE}, {"global-crops-size", 1, 0, O_GSIZE},
+        {"local-size", 1, 0, O_LSIZE}, {"local-crops-size", 1, 0, O_LSIZE},
         {"seed", 1, 0, O_SEED}, {"iters-per-epoch", 1, 0, O_IPE}, {"dataset-size", 1, 0, O_DSIZE},
         {"output", 1, 0, 'o'}, {"force", 0, 0, O_FORCE}, {"print-config", 0, 0, O_PRINT},
         {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
@@ -170,6 +174,8 @@ static int cmd_init(int argc, char **argv)
         case O_GCS: two_numbers("--global-crops-scale", argc, argv, c.global_crops_scale); break;
         case O_LCN: c.local_crops_number = (int)cli_long("--local-crops-number", optarg, 0, 30); break;
         case O_LCS: two_numbers("--local-crops-scale", argc, argv, c.local_crops_scale); break;
+        case O_GSIZE: c.global_crops_size = (int)cli_long("--global-size", optarg, 1, 1 << 20); break;
+        case O_LSIZE: c.local_crops_size = (int)cli_long("--local-size", optarg, 1, 1 << 20); break;
         case O_SEED: c.seed = (uint64_t)cli_long("--seed", optarg, 0, (long)(~0UL >> 1)); break;
         case O_IPE: ipe = cli_long("--iters-per-epoch", optarg, 1, 1L << 30); break;
         case O_DSIZE: dsize = cli_long("--dataset-size", optarg, 1, 1L << 40); break;
@@ -213,6 +219,12 @@ static int cmd_init(int argc, char **argv)
         m->norm_last_layer = norm_ll;
     if (dino_model_check(m, &err))
         cli_usage("init: %s", err.msg);
+    if ((c.global_crops_size &&
+         crop_size_check(&c, "--global-size: global", c.global_crops_size, &err)) ||
+        (c.local_crops_size && crop_size_check(&c, "--local-size: local", c.local_crops_size, &err)))
+        cli_usage("init: %s", err.msg);
+    if (c.local_crops_size && c.local_crops_number == 0)
+        cli_usage("init: --local-size with --local-crops-number 0");
     c.train.batch_size_total = c.batch_size * c.world_size;
     c.dataset_size = dsize;
     t->niter_per_epoch = ipe ? (int)ipe : (int)(dsize / c.train.batch_size_total);
@@ -459,6 +471,7 @@ static int run_start(run *r, const msg *batch, gd_err *err)
     batch_shape s;
     if (batch_shape_of(batch, &s, err) || batch_check(&r->cfg, &s, err))
         return -1;
+    run_config_fix_sizes(&r->cfg, &s); /* saved with the configuration from now on */
     r->t = run_trainer_new(r->be, &r->cfg, &s, err);
     if (!r->t)
         return -1;

@@ -290,7 +290,7 @@ PY
     init --patch-size 4 --img-size 4 -o "$TMP/small.mpt"
     run "$BIN/dino-step" train --ckpt "$TMP/small.mpt" "$TMP/b.mpt"
     assert_failure 1
-    assert_output --partial "crop sizes 32 and 16: more than 4 times the model's img_size 4"
+    assert_output --partial "batch: global crop size 32: more than 4 times the model's img_size 4"
     # two good steps saved, then a batch whose loss overflows: exit 1, the save stays
     "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/b1.mpt"
     cp "$TMP/c.mpt" "$TMP/good.mpt"
@@ -383,4 +383,60 @@ print(r["step"], r["lr"], r["momentum"])' "$TMP/r.jsonl"
     run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --resume --restart "$TMP/b.mpt"
     assert_failure 2
     assert_output --partial "exclude each other"
+}
+
+@test "crop sizes: init --global-size/--local-size checked against every batch; else the first batch fixes them" {
+    batches
+    init --global-size 32 --local-size 16 -o "$TMP/c.mpt"
+    run meta "$TMP/c.mpt" config/global_crops_size
+    assert_output "32"
+    run meta "$TMP/c.mpt" config/local_crops_size
+    assert_output "16"
+    run init --global-crops-size 32 --local-crops-size 16 --print-config
+    assert_line "global_crops_size: 32"
+    assert_line "local_crops_size: 16"
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --steps 1 "$TMP/b.mpt"
+    # a batch of other sizes than init's: a clear error naming the view, nothing trained
+    init --global-size 48 --local-size 16 -o "$TMP/g.mpt"
+    cp "$TMP/g.mpt" "$TMP/g0.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/g.mpt" "$TMP/b.mpt"
+    assert_failure 1
+    assert_output --partial "global crops of 32 px, the run's global_crops_size is 48"
+    cmp "$TMP/g.mpt" "$TMP/g0.mpt"
+    init --global-size 32 --local-size 24 -o "$TMP/l.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/l.mpt" "$TMP/b.mpt"
+    assert_failure 1
+    assert_output --partial "local crops of 16 px, the run's local_crops_size is 24"
+    # sizes the model cannot take are usage errors at init
+    run init --global-size 30 -o "$TMP/x.mpt"
+    assert_failure 2
+    assert_output --partial "--global-size: global crop size 30 is not a multiple of the patch size 8"
+    run init --local-size 16 --local-crops-number 0 -o "$TMP/x.mpt"
+    assert_failure 2
+    [ ! -e "$TMP/x.mpt" ]
+    # without them (and in checkpoints made before they existed) the keys are
+    # absent, the first batch fixes the sizes, and the saved run remembers them
+    init -o "$TMP/o.mpt"
+    run meta "$TMP/o.mpt" config
+    refute_output --partial "crops_size"
+    "$BIN/dino-step" train --ckpt "$TMP/o.mpt" --steps 2 "$TMP/b.mpt"
+    run meta "$TMP/o.mpt" config/global_crops_size
+    assert_output "32"
+    run meta "$TMP/o.mpt" config/local_crops_size
+    assert_output "16"
+    "$BIN/multicrop" --stats "$TMP/stats.mpt" --list "$TMP/list.txt" --batch-size 2 \
+        --global-size 48 --local-size 24 --local-crops-number 2 --seed 1 --threads 1 -o "$TMP/b48.mpt"
+    run "$BIN/dino-step" train --ckpt "$TMP/o.mpt" "$TMP/b48.mpt"
+    assert_failure 1
+    assert_output --partial "global crops of 48 px, the run's global_crops_size is 32"
+    # a malformed size in meta is refused
+    $PY - "$TMP/o.mpt" "$TMP/bad.mpt" <<'PY'
+import sys, msgpack
+m = msgpack.unpackb(open(sys.argv[1], "rb").read())
+m["meta"]["config"]["local_crops_size"] = 20
+open(sys.argv[2], "wb").write(msgpack.packb(m))
+PY
+    run "$BIN/dino-step" train --ckpt "$TMP/bad.mpt" "$TMP/b.mpt"
+    assert_failure 1
+    assert_output --partial "meta config/local_crops_size: local crop size 20 is not a multiple of the patch size 8"
 }
