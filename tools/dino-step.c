@@ -221,7 +221,8 @@ static int cmd_init(int argc, char **argv)
         cli_usage("init: %s", err.msg);
     if ((c.global_crops_size &&
          crop_size_check(&c, "--global-size: global", c.global_crops_size, &err)) ||
-        (c.local_crops_size && crop_size_check(&c, "--local-size: local", c.local_crops_size, &err)))
+        (c.local_crops_size &&
+         crop_size_check(&c, "--local-size: local", c.local_crops_size, &err)))
         cli_usage("init: %s", err.msg);
     if (c.local_crops_size && c.local_crops_number == 0)
         cli_usage("init: --local-size with --local-crops-number 0");
@@ -626,7 +627,8 @@ static void run_free(run *r)
 /* Options common to train and serve. */
 enum {
     T_CKPT = 300, T_STEPS, T_SAVE, T_KEEP, T_LOG, T_LOGE, T_COLL, T_COLLW, T_DEVICE, T_QUIET,
-    T_PROGRESS, T_RESUME, T_RESTART, T_NORESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK, T_CTIMEOUT, T_PRECISION
+    T_PROGRESS, T_RESUME, T_RESTART, T_NORESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK,
+    T_CTIMEOUT, T_PRECISION
 };
 static const struct option train_longs[] = {
     {"ckpt", 1, 0, T_CKPT}, {"steps", 1, 0, T_STEPS}, {"save-every", 1, 0, T_SAVE},

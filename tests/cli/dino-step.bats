@@ -25,6 +25,18 @@ init() {
 
 meta() { $PY "$TOOL" meta "$@"; }
 
+# refused CKPT BATCHES MESSAGE [OPTION...]: train exits 1 saying MESSAGE and
+# leaves CKPT as it was
+refused() {
+    local ck=$1 in=$2 want=$3
+    shift 3
+    cp "$ck" "$TMP/refused-before.mpt"
+    run "$BIN/dino-step" train --ckpt "$ck" "$@" "$in"
+    assert_failure 1
+    assert_output --partial "$want"
+    cmp "$ck" "$TMP/refused-before.mpt"
+}
+
 @test "help, version and usage errors" {
     run "$BIN/dino-step" --help
     assert_success
@@ -282,15 +294,12 @@ PY
     assert_failure 1
     assert_output --partial "element 0 is not finite"
     $PY "$TOOL" badbatch "$TMP/b.mpt" "$TMP/bs.mpt" bsize
-    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/bs.mpt"
-    assert_failure 1
-    assert_output --partial "batch of 3 samples, the run's batch_size_per_gpu is 2"
+    refused "$TMP/c.mpt" "$TMP/bs.mpt" "batch of 3 samples, the run's batch_size_per_gpu is 2"
     cmp "$TMP/c.mpt" "$TMP/before.mpt"
     # crops far larger than the model's native size are refused before sizing the trainer
     init --patch-size 4 --img-size 4 -o "$TMP/small.mpt"
-    run "$BIN/dino-step" train --ckpt "$TMP/small.mpt" "$TMP/b.mpt"
-    assert_failure 1
-    assert_output --partial "batch: global crop size 32: more than 4 times the model's img_size 4"
+    refused "$TMP/small.mpt" "$TMP/b.mpt" \
+        "batch: global crop size 32: more than 4 times the model's img_size 4"
     # two good steps saved, then a batch whose loss overflows: exit 1, the save stays
     "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/b1.mpt"
     cp "$TMP/c.mpt" "$TMP/good.mpt"
@@ -372,9 +381,7 @@ print(r["step"], r["lr"], r["momentum"])' "$TMP/r.jsonl"
     "$BIN/dino-step" train --ckpt "$TMP/r2.mpt" --resume --steps 1 "$TMP/b2.mpt"
     cmp "$TMP/r.mpt" "$TMP/r2.mpt"
     # --no-resume: a trained checkpoint is refused and left alone, a fresh one trains
-    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --no-resume "$TMP/b.mpt"
-    assert_failure 1
-    assert_output --partial "has trained 3 steps and --no-resume was given"
+    refused "$TMP/c.mpt" "$TMP/b.mpt" "has trained 3 steps and --no-resume was given" --no-resume
     cmp "$TMP/c.mpt" "$TMP/c0.mpt"
     init -o "$TMP/z.mpt"
     "$BIN/dino-step" train --ckpt "$TMP/z.mpt" --no-resume --steps 1 "$TMP/b.mpt"
@@ -398,15 +405,9 @@ print(r["step"], r["lr"], r["momentum"])' "$TMP/r.jsonl"
     "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --steps 1 "$TMP/b.mpt"
     # a batch of other sizes than init's: a clear error naming the view, nothing trained
     init --global-size 48 --local-size 16 -o "$TMP/g.mpt"
-    cp "$TMP/g.mpt" "$TMP/g0.mpt"
-    run "$BIN/dino-step" train --ckpt "$TMP/g.mpt" "$TMP/b.mpt"
-    assert_failure 1
-    assert_output --partial "global crops of 32 px, the run's global_crops_size is 48"
-    cmp "$TMP/g.mpt" "$TMP/g0.mpt"
+    refused "$TMP/g.mpt" "$TMP/b.mpt" "global crops of 32 px, the run's global_crops_size is 48"
     init --global-size 32 --local-size 24 -o "$TMP/l.mpt"
-    run "$BIN/dino-step" train --ckpt "$TMP/l.mpt" "$TMP/b.mpt"
-    assert_failure 1
-    assert_output --partial "local crops of 16 px, the run's local_crops_size is 24"
+    refused "$TMP/l.mpt" "$TMP/b.mpt" "local crops of 16 px, the run's local_crops_size is 24"
     # sizes the model cannot take are usage errors at init
     run init --global-size 30 -o "$TMP/x.mpt"
     assert_failure 2
@@ -426,9 +427,7 @@ print(r["step"], r["lr"], r["momentum"])' "$TMP/r.jsonl"
     assert_output "16"
     "$BIN/multicrop" --stats "$TMP/stats.mpt" --list "$TMP/list.txt" --batch-size 2 \
         --global-size 48 --local-size 24 --local-crops-number 2 --seed 1 --threads 1 -o "$TMP/b48.mpt"
-    run "$BIN/dino-step" train --ckpt "$TMP/o.mpt" "$TMP/b48.mpt"
-    assert_failure 1
-    assert_output --partial "global crops of 48 px, the run's global_crops_size is 32"
+    refused "$TMP/o.mpt" "$TMP/b48.mpt" "global crops of 48 px, the run's global_crops_size is 32"
     # a malformed size in meta is refused
     $PY - "$TMP/o.mpt" "$TMP/bad.mpt" <<'PY'
 import sys, msgpack
