@@ -869,6 +869,13 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
     return be->sync(be, err);
 }
 
+/* t->norms holds clip_per_tensor's norms, trainable parameters only. */
+void dino_trainer_grad_norms(const dino_trainer *t, double *norms)
+{
+    for (int i = 0, k = 0; i < t->np; i++)
+        norms[i] = t->tab[i].trainable ? t->norms[k++] : 0;
+}
+
 int dino_trainer_features(dino_trainer *t, dino_role r, float *const *views, float *feat,
                           gd_err *err)
 {
@@ -881,6 +888,52 @@ int dino_trainer_features(dino_trainer *t, dino_role r, float *const *views, flo
     if (t->be->download(t->be, feat, t->tfeat, (size_t)2 * B * D, err))
         return -1;
     return t->be->sync(t->be, err);
+}
+
+/* The normed tokens are averaged on the host in double: embedding is not
+ * the hot path, and one download serves both the CLS and the mean. */
+int dino_trainer_features_avgpool(dino_trainer *t, dino_role r, float *const *views, float *feat,
+                                  gd_err *err)
+{
+    if (r != DINO_STUDENT && r != DINO_TEACHER)
+        return gd_errf(err, "features: only the student or the teacher");
+    if (t->nsg != 1)
+        return gd_errf(err, "features: the views must have one size");
+    gd_backend *be = t->be;
+    const dino_model_cfg *c = &t->mc;
+    int D = c->embed_dim;
+    grp *g = &t->sg[0]; /* the student's group holds every token of the last block */
+    group_fwd(t, g, 0, &t->w[r], views, t->sfeat, false, 0);
+    size_t rows = (size_t)g->B * g->T;
+    float *y = be->alloc(be, rows * D, err), *m = y ? be->alloc(be, rows, err) : NULL,
+          *rs = m ? be->alloc(be, rows, err) : NULL, *h = malloc(rows * D * sizeof *h);
+    int rc = -1;
+    if (!rs)
+        goto out;
+    if (!h) {
+        gd_errf(err, "out of memory");
+        goto out;
+    }
+    be->layernorm_fwd(be, y, m, rs, g->blk[c->depth - 1].xout, t->w[r].norm.w, t->w[r].norm.b,
+                      (int)rows, D, c->ln_eps);
+    if (be->download(be, h, y, rows * D, err) || be->sync(be, err))
+        goto out;
+    for (int b = 0; b < g->B; b++) {
+        const float *tok = h + (size_t)b * g->T * D;
+        float *f = feat + (size_t)b * 2 * D;
+        for (int i = 0; i < D; i++) {
+            double s = 0;
+            for (int k = 1; k < g->T; k++)
+                s += tok[(size_t)k * D + i];
+            f[2 * i] = tok[i];
+            f[2 * i + 1] = (float)(s / g->np);
+        }
+    }
+    rc = 0;
+out:
+    be->release(be, y), be->release(be, m), be->release(be, rs);
+    free(h);
+    return rc;
 }
 
 int dino_trainer_outputs(dino_trainer *t, float *student, float *teacher, gd_err *err)

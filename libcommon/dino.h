@@ -147,6 +147,15 @@ int dino_trainer_outputs(dino_trainer *t, float *student, float *teacher, gd_err
 int dino_trainer_features(dino_trainer *t, dino_role r, float *const *views, float *feat,
                           gd_err *err);
 
+/* DINO's eval_linear --avgpool_patchtokens (n_last_blocks 1): the final
+ * norm applied to every token of the last block, then per image the CLS
+ * token c and the mean m of the patch tokens, interleaved as DINO's
+ * cat((c.unsqueeze(-1), m.unsqueeze(-1)), -1).reshape(B, -1) lays them
+ * out: feat (host) gets [2 B, 2 embed_dim], element 2i = c[i], 2i+1 = m[i].
+ * Same views and role rules as dino_trainer_features.  Additive. */
+int dino_trainer_features_avgpool(dino_trainer *t, dino_role r, float *const *views, float *feat,
+                                  gd_err *err);
+
 /* Patch tokens (no CLS, before the final norm) after each of the given
  * blocks (1-based, each in 1..depth) of the student's or the teacher's
  * backbone, without drop path, on the two global views: out[l] (device)
@@ -161,6 +170,12 @@ int dino_trainer_tokens(dino_trainer *t, dino_role r, float *const *views, const
  * DINO_GRAD buffer (zero it first).  Additive, for mpa-adapt's fine-tuning. */
 int dino_trainer_tokens_bwd(dino_trainer *t, dino_role r, const int *blocks, int nblocks,
                             float *const *dtok, gd_err *err);
+
+/* The L2 norm of each parameter's gradient in the last dino_trainer_step,
+ * before clipping (what DINO's utils.clip_gradients returns), into
+ * norms[i] for parameter i of the table (0 for an untrainable one, which
+ * has no gradient; all 0 before the first step).  Additive. */
+void dino_trainer_grad_norms(const dino_trainer *t, double *norms);
 
 /* The per-parameter AdamW step counts, in table order (dino_trainer_params):
  * state that lives on the host, read and set by checkpoints so that a

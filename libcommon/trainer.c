@@ -165,6 +165,11 @@ int run_config_to_meta(const run_config *c, value *meta, gd_err *err)
     }
     ok = ok && value_set_floats(cfg, "global_crops_scale", c->global_crops_scale, 2) &&
          value_set_floats(cfg, "local_crops_scale", c->local_crops_scale, 2);
+    /* optional: absent until known, as in checkpoints made before them */
+    if (c->global_crops_size)
+        ok = ok && value_set_int(cfg, "global_crops_size", c->global_crops_size);
+    if (c->local_crops_size)
+        ok = ok && value_set_int(cfg, "local_crops_size", c->local_crops_size);
     if (ok && c->nstats) {
         value *st = value_set_map(meta, "stats");
         ok = st && value_set_strs(st, "bands", (const char *const *)c->bands, c->nstats) &&
@@ -189,6 +194,22 @@ static int get_pair(const value *cfg, const char *key, double out[2], gd_err *er
         else
             return gd_errf(err, "meta config/%s: not a number", key);
     }
+    return 0;
+}
+
+/* An optional crop size: absent is 0 (the first batch fixes it). */
+static int get_crop_size(const run_config *c, const value *cfg, const char *key, int *out,
+                         gd_err *err)
+{
+    const value *v = value_get(cfg, key);
+    *out = 0;
+    if (!v)
+        return 0;
+    if (v->type != V_INT || v->u.i < 1 || v->u.i > (1 << 20))
+        return gd_errf(err, "meta config/%s: not a positive integer", key);
+    *out = (int)v->u.i;
+    if (crop_size_check(c, key[0] == 'g' ? "global" : "local", *out, err))
+        return gd_err_prefix(err, "meta config/%s", key);
     return 0;
 }
 
@@ -250,6 +271,9 @@ int run_config_from_meta(run_config *c, const value *meta, gd_err *err)
                             "numbers out of range");
     if (dino_model_check(&c->model, err))
         return gd_err_prefix(err, "meta config");
+    if (get_crop_size(c, cfg, "global_crops_size", &c->global_crops_size, err) ||
+        get_crop_size(c, cfg, "local_crops_size", &c->local_crops_size, err))
+        return -1;
     const value *st = value_get(meta, "stats");
     if (st) {
         const value *b = value_get(st, "bands");
@@ -291,6 +315,8 @@ void run_config_print(const run_config *c, FILE *f)
     }
     fprintf(f, "global_crops_scale: %g %g\nlocal_crops_scale: %g %g\n", c->global_crops_scale[0],
             c->global_crops_scale[1], c->local_crops_scale[0], c->local_crops_scale[1]);
+    fprintf(f, "global_crops_size: %d\nlocal_crops_size: %d\n", c->global_crops_size,
+            c->local_crops_size);
 }
 
 /* ---- batches --------------------------------------------------------------- */
@@ -333,15 +359,36 @@ int batch_check(const run_config *c, const batch_shape *s, gd_err *err)
     if (s->C != c->model.in_chans)
         return gd_errf(err, "batch with %d bands, the model has in_chans %d", s->C,
                        c->model.in_chans);
+    if (c->global_crops_size && s->H != c->global_crops_size)
+        return gd_errf(err, "global crops of %d px, the run's global_crops_size is %d", s->H,
+                       c->global_crops_size);
+    if (s->L && c->local_crops_size && s->h != c->local_crops_size)
+        return gd_errf(err, "local crops of %d px, the run's local_crops_size is %d", s->h,
+                       c->local_crops_size);
+    if (crop_size_check(c, "global", s->H, err) || (s->L && crop_size_check(c, "local", s->h, err)))
+        return gd_err_prefix(err, "batch");
+    return 0;
+}
+
+int crop_size_check(const run_config *c, const char *what, int size, gd_err *err)
+{
     /* activations grow with the fourth power of the crop size: a sane
      * bound before a batch from an untrusted client sizes the trainer */
-    if (s->H > 4 * c->model.img_size || s->h > 4 * c->model.img_size)
-        return gd_errf(err, "crop sizes %d and %d: more than 4 times the model's img_size %d", s->H,
-                       s->h, c->model.img_size);
-    if (s->H % c->model.patch || (s->L && s->h % c->model.patch))
-        return gd_errf(err, "crop sizes %d and %d are not multiples of the patch size %d", s->H,
-                       s->h, c->model.patch);
+    if (size > 4 * c->model.img_size)
+        return gd_errf(err, "%s crop size %d: more than 4 times the model's img_size %d", what,
+                       size, c->model.img_size);
+    if (size % c->model.patch)
+        return gd_errf(err, "%s crop size %d is not a multiple of the patch size %d", what, size,
+                       c->model.patch);
     return 0;
+}
+
+void run_config_fix_sizes(run_config *c, const batch_shape *s)
+{
+    if (!c->global_crops_size)
+        c->global_crops_size = s->H;
+    if (!c->local_crops_size && s->L)
+        c->local_crops_size = s->h;
 }
 
 int views_init(views *v, gd_backend *be, const batch_shape *s, gd_err *err)
@@ -535,11 +582,20 @@ int checkpoint_save(dino_trainer *t, const run_config *c, long step, const char 
     return rc;
 }
 
+int checkpoint_restore_weights(dino_trainer *t, const msg *ck, gd_err *err)
+{
+    for (dino_role r = DINO_STUDENT; r <= DINO_TEACHER; r++)
+        if (dino_trainer_load(t, r, ck, dino_role_prefix(r), err))
+            return -1;
+    return 0;
+}
+
 int checkpoint_restore(dino_trainer *t, const msg *ck, gd_err *err)
 {
-    static const dino_role roles[] = {DINO_STUDENT, DINO_TEACHER, DINO_ADAM_M, DINO_ADAM_V};
-    for (int r = 0; r < 4; r++)
-        if (dino_trainer_load(t, roles[r], ck, dino_role_prefix(roles[r]), err))
+    if (checkpoint_restore_weights(t, ck, err))
+        return -1;
+    for (dino_role r = DINO_ADAM_M; r <= DINO_ADAM_V; r++)
+        if (dino_trainer_load(t, r, ck, dino_role_prefix(r), err))
             return -1;
     int np;
     const dino_param *tab = dino_trainer_params(t, &np);
@@ -604,21 +660,14 @@ int step_metrics_compute(gd_backend *be, dino_trainer *t, const run_config *c, c
     free(tout), free(mean), free(q);
     if (rc || !grads)
         return rc;
-    size_t n = dino_trainer_nfloats(t);
-    float *g = malloc(n * sizeof(float));
-    if (!g)
-        return gd_errf(err, "out of memory");
-    if (be->download(be, g, dino_trainer_buffer(t, DINO_GRAD), n, err)) {
-        free(g);
-        return -1;
-    }
     int np;
     const dino_param *tab = dino_trainer_params(t, &np);
-    double bb = 0, hd = 0, ll = 0;
+    double *norm = malloc(np * sizeof *norm), bb = 0, hd = 0, ll = 0;
+    if (!norm)
+        return gd_errf(err, "out of memory");
+    dino_trainer_grad_norms(t, norm);
     for (int i = 0; i < np; i++) {
-        double s = 0;
-        for (size_t k = 0; k < tab[i].n; k++)
-            s += (double)g[tab[i].off + k] * g[tab[i].off + k];
+        double s = norm[i] * norm[i];
         if (tab[i].last_layer)
             ll += s;
         else if (!strncmp(tab[i].name, "head/", 5))
@@ -626,7 +675,7 @@ int step_metrics_compute(gd_backend *be, dino_trainer *t, const run_config *c, c
         else
             bb += s;
     }
-    free(g);
+    free(norm);
     mx->grad_norm_backbone = sqrt(bb);
     mx->grad_norm_head = sqrt(hd);
     mx->grad_norm_last_layer = sqrt(ll);

@@ -30,6 +30,10 @@ typedef struct run_config {
     int global_crops_number;      /* 2 */
     int local_crops_number;       /* 8 */
     double global_crops_scale[2], local_crops_scale[2];
+    /* crop sides in pixels (DINOv2's global_crops_size, local_crops_size):
+     * 0 until init's --global-size/--local-size or the first batch fixes
+     * them; optional keys in meta (older checkpoints lack them) */
+    int global_crops_size, local_crops_size;
     long dataset_size;            /* 0 when iters_per_epoch was given directly */
     uint64_t seed;
     /* normalisation of the training data (tif-stats), for embed */
@@ -58,6 +62,11 @@ typedef struct batch_shape {
 } batch_shape;
 int batch_shape_of(const msg *m, batch_shape *s, gd_err *err);
 int batch_check(const run_config *c, const batch_shape *s, gd_err *err);
+/* A crop side for the model: a multiple of the patch, at most 4 img_size;
+ * what names the view ("global", "local") in the error. */
+int crop_size_check(const run_config *c, const char *what, int size, gd_err *err);
+/* Records the first batch's crop sizes where the configuration has none. */
+void run_config_fix_sizes(run_config *c, const batch_shape *s);
 
 /* Device buffers for the views, filled from batch messages. */
 typedef struct views {
@@ -86,9 +95,14 @@ int checkpoint_save(dino_trainer *t, const run_config *c, long step, const char 
 /* Sets the trainer's state (all four roles, center, AdamW step counts)
  * from a checkpoint message. */
 int checkpoint_restore(dino_trainer *t, const msg *ck, gd_err *err);
+/* Only the student's and the teacher's weights, for a new schedule from
+ * them (dino-step train --restart): moments, center and AdamW step counts
+ * stay as a new trainer has them, zero. */
+int checkpoint_restore_weights(dino_trainer *t, const msg *ck, gd_err *err);
 
 /* Metrics of the last step, computed on the host. */
 typedef struct step_metrics {
+    /* L2 norms of the gradient before clipping (DINO clip_gradients' return value) */
     double grad_norm_backbone, grad_norm_head, grad_norm_last_layer, grad_norm_total;
     double teacher_entropy;       /* mean over rows of H(q), nats */
     double teacher_mean_entropy;  /* H(mean over rows of q): ~0 when every row picks one dim */

@@ -72,6 +72,8 @@ static void usage_init(void)
            "  --global-crops-scale A B       (0.4 1)\n"
            "  --local-crops-number N         (8)\n"
            "  --local-crops-scale A B        (0.05 0.4)\n"
+           "  --global-size N, --local-size N  crop sides in px (multicrop's), checked against\n"
+           "                                 every batch (default: the first batch fixes them)\n"
            "  --seed N                       (0)\n"
            "  --iters-per-epoch N            the schedules' epoch length (required, or:)\n"
            "  --dataset-size N               iters per epoch = N / (B * world size)\n"
@@ -108,7 +110,7 @@ static int cmd_init(int argc, char **argv)
         O_ARCH = 256, O_PATCH, O_OUTDIM, O_NORMLL, O_DPR, O_INCH, O_STATS, O_IMG, O_EDIM, O_DEPTH,
         O_HEADS, O_MLP, O_HID, O_BN, O_MT, O_WTT, O_TT, O_WTTE, O_WD, O_WDE, O_CLIP, O_BS, O_WORLD,
         O_EPOCHS, O_FREEZE, O_LR, O_WE, O_MINLR, O_GCS, O_LCN, O_LCS, O_SEED, O_IPE, O_DSIZE,
-        O_FORCE, O_PRINT, O_VERSION
+        O_FORCE, O_PRINT, O_GSIZE, O_LSIZE, O_VERSION
     };
     static const struct option longs[] = {
         {"arch", 1, 0, O_ARCH}, {"patch-size", 1, 0, O_PATCH}, {"out-dim", 1, 0, O_OUTDIM},
@@ -124,6 +126,8 @@ static int cmd_init(int argc, char **argv)
         {"freeze-last-layer", 1, 0, O_FREEZE}, {"lr", 1, 0, O_LR}, {"warmup-epochs", 1, 0, O_WE},
         {"min-lr", 1, 0, O_MINLR}, {"global-crops-scale", 1, 0, O_GCS},
         {"local-crops-number", 1, 0, O_LCN}, {"local-crops-scale", 1, 0, O_LCS},
+        {"global-size", 1, 0, O_GSIZE}, {"global-crops-size", 1, 0, O_GSIZE},
+        {"local-size", 1, 0, O_LSIZE}, {"local-crops-size", 1, 0, O_LSIZE},
         {"seed", 1, 0, O_SEED}, {"iters-per-epoch", 1, 0, O_IPE}, {"dataset-size", 1, 0, O_DSIZE},
         {"output", 1, 0, 'o'}, {"force", 0, 0, O_FORCE}, {"print-config", 0, 0, O_PRINT},
         {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
@@ -170,6 +174,8 @@ static int cmd_init(int argc, char **argv)
         case O_GCS: two_numbers("--global-crops-scale", argc, argv, c.global_crops_scale); break;
         case O_LCN: c.local_crops_number = (int)cli_long("--local-crops-number", optarg, 0, 30); break;
         case O_LCS: two_numbers("--local-crops-scale", argc, argv, c.local_crops_scale); break;
+        case O_GSIZE: c.global_crops_size = (int)cli_long("--global-size", optarg, 1, 1 << 20); break;
+        case O_LSIZE: c.local_crops_size = (int)cli_long("--local-size", optarg, 1, 1 << 20); break;
         case O_SEED: c.seed = (uint64_t)cli_long("--seed", optarg, 0, (long)(~0UL >> 1)); break;
         case O_IPE: ipe = cli_long("--iters-per-epoch", optarg, 1, 1L << 30); break;
         case O_DSIZE: dsize = cli_long("--dataset-size", optarg, 1, 1L << 40); break;
@@ -213,6 +219,13 @@ static int cmd_init(int argc, char **argv)
         m->norm_last_layer = norm_ll;
     if (dino_model_check(m, &err))
         cli_usage("init: %s", err.msg);
+    if ((c.global_crops_size &&
+         crop_size_check(&c, "--global-size: global", c.global_crops_size, &err)) ||
+        (c.local_crops_size &&
+         crop_size_check(&c, "--local-size: local", c.local_crops_size, &err)))
+        cli_usage("init: %s", err.msg);
+    if (c.local_crops_size && c.local_crops_number == 0)
+        cli_usage("init: --local-size with --local-crops-number 0");
     c.train.batch_size_total = c.batch_size * c.world_size;
     c.dataset_size = dsize;
     t->niter_per_epoch = ipe ? (int)ipe : (int)(dsize / c.train.batch_size_total);
@@ -376,8 +389,16 @@ static int start_thread(void *(*fn)(void *), void *arg)
  * The training state shared by train and serve
  * ====================================================================== */
 
+/* What train and serve do with a checkpoint that has trained (step > 0). */
+typedef enum {
+    RESUME_CONTINUE,   /* --resume (default): its step, moments, center, schedules */
+    RESUME_RESTART,    /* --restart: its weights, as step 0 of a new schedule */
+    RESUME_REFUSE      /* --no-resume: an error; only a fresh (step 0) one is trained */
+} resume_mode;
+
 typedef struct run {
     const char *ckpt, *log_path;
+    resume_mode resume;
     long steps_max;          /* this invocation; 0: no limit */
     long save_every, log_every;
     int keep;
@@ -428,6 +449,14 @@ static void run_load(run *r)
     if (!s || s->type != V_INT || s->u.i < 0)
         cli_fail("%s: meta step: missing or negative", r->ckpt);
     r->step = r->start_step = r->saved_step = (long)s->u.i;
+    if (r->step > 0 && r->resume == RESUME_REFUSE)
+        cli_fail("%s: has trained %ld steps and --no-resume was given (--resume continues it, "
+                 "--restart starts a new schedule from its weights)", r->ckpt, r->step);
+    if (r->step > 0 && r->resume == RESUME_RESTART) {
+        cli_warn("%s: --restart: step %ld -> 0; the weights are kept, the optimizer moments, "
+                 "center and schedules start afresh", r->ckpt, r->step);
+        r->step = r->start_step = r->saved_step = 0;
+    }
     r->end_step = (long)r->cfg.train.epochs * r->cfg.train.niter_per_epoch;
     if (r->save_every < 0)
         r->save_every = r->cfg.train.niter_per_epoch;
@@ -443,10 +472,12 @@ static int run_start(run *r, const msg *batch, gd_err *err)
     batch_shape s;
     if (batch_shape_of(batch, &s, err) || batch_check(&r->cfg, &s, err))
         return -1;
+    run_config_fix_sizes(&r->cfg, &s); /* saved with the configuration from now on */
     r->t = run_trainer_new(r->be, &r->cfg, &s, err);
     if (!r->t)
         return -1;
-    if (checkpoint_restore(r->t, r->ck, err))
+    if ((r->resume == RESUME_RESTART ? checkpoint_restore_weights : checkpoint_restore)(r->t, r->ck,
+                                                                                       err))
         return gd_err_prefix(err, "%s", r->ckpt);
     dino_trainer_set_comm(r->t, r->comm);
     if (views_init(&r->v, r->be, &s, err))
@@ -596,14 +627,16 @@ static void run_free(run *r)
 /* Options common to train and serve. */
 enum {
     T_CKPT = 300, T_STEPS, T_SAVE, T_KEEP, T_LOG, T_LOGE, T_COLL, T_COLLW, T_DEVICE, T_QUIET,
-    T_PROGRESS, T_RESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK, T_CTIMEOUT, T_PRECISION
+    T_PROGRESS, T_RESUME, T_RESTART, T_NORESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK,
+    T_CTIMEOUT, T_PRECISION
 };
 static const struct option train_longs[] = {
     {"ckpt", 1, 0, T_CKPT}, {"steps", 1, 0, T_STEPS}, {"save-every", 1, 0, T_SAVE},
     {"keep", 1, 0, T_KEEP}, {"log", 1, 0, T_LOG}, {"log-every", 1, 0, T_LOGE},
     {"collapse-check", 0, 0, T_COLL}, {"collapse-window", 1, 0, T_COLLW},
     {"device", 1, 0, T_DEVICE}, {"precision", 1, 0, T_PRECISION}, {"quiet", 0, 0, T_QUIET},
-    {"progress", 0, 0, T_PROGRESS}, {"resume", 0, 0, T_RESUME}, {"socket", 1, 0, T_SOCKET},
+    {"progress", 0, 0, T_PROGRESS}, {"resume", 0, 0, T_RESUME}, {"restart", 0, 0, T_RESTART},
+    {"no-resume", 0, 0, T_NORESUME}, {"socket", 1, 0, T_SOCKET},
     {"max-message", 1, 0, T_MAXMSG}, {"distributed", 1, 0, T_DIST}, {"check-every", 1, 0, T_CHECK},
     {"comm-timeout", 1, 0, T_CTIMEOUT},
     {"help", 0, 0, 'h'}, {"version", 0, 0, T_VERSION}, {0, 0, 0, 0}};
@@ -615,9 +648,10 @@ static void usage_train(void)
            "Trains from `batch` messages (multicrop), one DINO iteration per message, from\n"
            "BATCHES (a file or FIFO; default '-', standard input) or, with serve, from any\n"
            "number of producers connected to a Unix-domain socket.  The run continues from\n"
-           "the checkpoint's step (init makes step 0) and stops at the end of the input,\n"
-           "after --steps, at the end of the schedule (epochs), or on SIGTERM/SIGINT (the\n"
-           "current step finishes and the checkpoint is saved; exit 0).  SIGUSR1 saves.\n\n"
+           "the checkpoint's step (init makes step 0; see --restart) and stops at the end\n"
+           "of the input, after --steps, at the end of the schedule (epochs), or on\n"
+           "SIGTERM/SIGINT (the current step finishes and the checkpoint is saved; exit 0).\n"
+           "SIGUSR1 saves.\n\n"
            "  --ckpt FILE          checkpoint to continue from and to save to (atomically)\n"
            "  --steps N            at most N steps in this run\n"
            "  --save-every N       save every N steps (default: every epoch; 0: only at the end)\n"
@@ -631,7 +665,11 @@ static void usage_train(void)
            "  --precision auto|fp32|tf32|bf16  GEMM operands on the GPU (auto: bf16 where the\n"
            "                       GPU has it); accumulation, weights and optimizer stay fp32\n"
            "  --quiet, --progress  progress line on stderr: never / always (default: terminal)\n"
-           "  --resume             continue from the checkpoint's step (the default)\n"
+           "  --resume             continue a trained checkpoint exactly: its step, weights,\n"
+           "                       AdamW moments and step counts, center, schedules (default)\n"
+           "  --restart            start a new schedule (step 0) from its weights: moments,\n"
+           "                       center and step counts zero, as after init\n"
+           "  --no-resume          refuse a checkpoint that has trained (step > 0)\n"
            "train only, data-parallel (mpirun -np N / srun dino-step train ...):\n"
            "  --distributed auto|yes|no   use MPI (auto: when a launcher started several ranks)\n"
            "  --check-every N      compare the ranks' weight checksums every N steps (100; 0: off)\n"
@@ -692,7 +730,7 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
     r->check_every = 100;
     r->comm_timeout = 1800;
     r->collapse_window = 100;
-    bool quiet = false, progress = false;
+    bool quiet = false, progress = false, resume_set = false;
     const char *device = "auto", *precision = "auto";
     int o;
     while ((o = getopt_long(argc, argv, "h", train_longs, NULL)) != -1) {
@@ -709,7 +747,17 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
         case T_PRECISION: precision = optarg; break;
         case T_QUIET: quiet = true; break;
         case T_PROGRESS: progress = true; break;
-        case T_RESUME: break;
+        case T_RESUME:
+        case T_RESTART:
+        case T_NORESUME: {
+            resume_mode m = o == T_RESUME    ? RESUME_CONTINUE
+                            : o == T_RESTART ? RESUME_RESTART
+                                             : RESUME_REFUSE;
+            if (resume_set && m != r->resume)
+                cli_usage("--resume, --restart and --no-resume exclude each other");
+            r->resume = m, resume_set = true;
+            break;
+        }
         case T_SOCKET:
             if (!serve)
                 cli_usage("--socket belongs to 'dino-step serve'");
@@ -1345,7 +1393,8 @@ static void usage_embed(void)
 {
     printf("Usage: dino-step embed --ckpt CKPT.mpt [OPTION]... [ROOT|TILE]...\n"
            "Backbone features (the CLS token after the final norm, as DINO's k-NN\n"
-           "evaluation) of whole tiles, as a `features` message for knn-eval.  Tiles are\n"
+           "evaluation; with --avgpool also the mean patch token) of whole tiles, as a\n"
+           "`features` message for knn-eval.  Tiles are\n"
            "normalized with the stats the run was initialised with, then centre-cropped to\n"
            "the largest square that is a multiple of the patch size (all tiles must agree).\n"
            "Labels: --list lines \"PATH LABEL\", or ImageFolder roots (ROOT/CLASS/*.tif, classes\n"
@@ -1353,6 +1402,8 @@ static void usage_embed(void)
            "Integer labels are kept as they are; names become indices in sorted order.\n\n"
            "  --ckpt FILE              the checkpoint\n"
            "  --which teacher|student  whose backbone (default teacher, as DINO evaluates)\n"
+           "  --avgpool                CLS and mean of the normed patch tokens, interleaved\n"
+           "                           (2 x embed_dim), as DINO's eval_linear --avgpool_patchtokens\n"
            "  --list FILE              \"PATH LABEL\" lines\n"
            "  --stats FILE             normalize with this stats message instead\n"
            "  --batch-size N           tiles per forward pass, even (default 4)\n"
@@ -1363,15 +1414,17 @@ static void usage_embed(void)
 
 static int cmd_embed(int argc, char **argv)
 {
-    enum { E_CKPT = 400, E_WHICH, E_LIST, E_STATS, E_BS, E_DEV, E_PREC, E_VERSION };
+    enum { E_CKPT = 400, E_WHICH, E_LIST, E_STATS, E_BS, E_DEV, E_PREC, E_AVG, E_VERSION };
     static const struct option longs[] = {
         {"ckpt", 1, 0, E_CKPT}, {"which", 1, 0, E_WHICH}, {"list", 1, 0, E_LIST},
         {"stats", 1, 0, E_STATS}, {"batch-size", 1, 0, E_BS}, {"output", 1, 0, 'o'},
-        {"device", 1, 0, E_DEV}, {"precision", 1, 0, E_PREC}, {"help", 0, 0, 'h'}, {"version", 0, 0, E_VERSION}, {0, 0, 0, 0}};
+        {"device", 1, 0, E_DEV}, {"precision", 1, 0, E_PREC}, {"avgpool", 0, 0, E_AVG},
+        {"help", 0, 0, 'h'}, {"version", 0, 0, E_VERSION}, {0, 0, 0, 0}};
     const char *ckpt = NULL, *list = NULL, *stats = NULL, *out = "-", *device = "auto",
                *precision = "auto";
     dino_role role = DINO_TEACHER;
     long bs = 4;
+    bool avgpool = false;
     int o;
     while ((o = getopt_long(argc, argv, "o:h", longs, NULL)) != -1) {
         switch (o) {
@@ -1390,6 +1443,7 @@ static int cmd_embed(int argc, char **argv)
         case 'o': out = optarg; break;
         case E_DEV: device = optarg; break;
         case E_PREC: precision = optarg; break;
+        case E_AVG: avgpool = true; break;
         case 'h': usage_embed(); exit(0);
         case E_VERSION: cli_print_version(); exit(0);
         default: cli_usage("unknown option");
@@ -1451,7 +1505,7 @@ static int cmd_embed(int argc, char **argv)
     int size = 0;
     if (embed_tile(&cfg, ss.s[0].path, &size, NULL, &err))
         cli_fail("%s", err.msg);
-    int B = (int)(bs / 2), C = cfg.model.in_chans, D = cfg.model.embed_dim;
+    int B = (int)(bs / 2), C = cfg.model.in_chans, D = cfg.model.embed_dim * (avgpool ? 2 : 1);
     batch_shape shape = {.B = B, .G = 2, .L = 0, .C = C, .H = size, .h = 0};
     dino_trainer *t = run_trainer_new(be, &cfg, &shape, &err);
     if (!t)
@@ -1483,7 +1537,8 @@ static int cmd_embed(int argc, char **argv)
             if (be->upload(be, v.dev[k / B] + (size_t)(k % B) * img, tile, img, &err))
                 cli_fail("%s", err.msg);
         }
-        if (dino_trainer_features(t, role, v.dev, fbuf, &err))
+        if ((avgpool ? dino_trainer_features_avgpool : dino_trainer_features)(t, role, v.dev, fbuf,
+                                                                               &err))
             cli_fail("embed: %s", err.msg);
         size_t rows = ss.n - first < 2 * (size_t)B ? ss.n - first : 2 * (size_t)B;
         memcpy(feat + first * D, fbuf, rows * D * sizeof *feat);
@@ -1500,7 +1555,9 @@ static int cmd_embed(int argc, char **argv)
               value_set_str(meta, "version", GEODINO_VERSION) &&
               value_set_str(meta, "checkpoint", ckpt) &&
               value_set_str(meta, "which", role == DINO_TEACHER ? "teacher" : "student") &&
-              value_set_int(meta, "size", size) && value_set_strs(meta, "files", files, ss.n);
+              value_set_int(meta, "size", size) &&
+              value_set_str(meta, "pooling", avgpool ? "cls+avgpool" : "cls") &&
+              value_set_strs(meta, "files", files, ss.n);
     if (ok && !ints)
         ok = value_set_strs(meta, "classes", (const char *const *)names, nclasses) != NULL;
     if (!ok)

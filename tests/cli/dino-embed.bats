@@ -1,5 +1,5 @@
 #!/usr/bin/env bats
-# dino-step embed: CLS features of whole tiles against a float64 numpy ViT,
+# dino-step embed: CLS (and --avgpool) features of whole tiles against a float64 numpy ViT,
 # labels from ImageFolder roots and --list files, and knn-eval on the result.
 
 load helpers
@@ -65,6 +65,32 @@ PY
     # a tile's features do not depend on the batch it is in
     "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --batch-size 8 "$TMP/tiles" > "$TMP/f8.mpt"
     run compare "$TMP/f.mpt" "$TMP/f8.mpt"
+    assert_output --regexp "^([0-9.]+e-0[6-9]|0)$"
+}
+
+@test "--avgpool: CLS and mean patch token interleaved (DINO eval_linear), equal to numpy" {
+    prepare
+    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" "$TMP/tiles" -o "$TMP/f.mpt"
+    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --avgpool "$TMP/tiles" -o "$TMP/a.mpt"
+    files=$(ls "$TMP"/tiles/field/*.tif "$TMP"/tiles/town/*.tif)
+    $PY "$TOOL" vit-avgpool "$TMP/c.mpt" teacher $files > "$TMP/ref.json"
+    run compare "$TMP/a.mpt" "$TMP/ref.json"
+    assert_output --regexp "^([0-9.]+e-0[5-9]|0)$"
+    # the feature dim doubles: 5 tiles x 2 x embed_dim 32; meta says how
+    run $PY -c 'import sys, msgpack; m = msgpack.unpackb(open(sys.argv[1], "rb").read())
+print(m["tensors"]["features"]["shape"], m["meta"]["pooling"])' "$TMP/a.mpt"
+    assert_output "[5, 64] cls+avgpool"
+    # the even elements are the plain CLS features; the odd ones are not
+    run $PY - "$TMP/f.mpt" "$TMP/a.mpt" <<'PY'
+import sys, msgpack, numpy as np
+f = [msgpack.unpackb(open(p, "rb").read())["tensors"]["features"] for p in sys.argv[1:]]
+c, a = (np.frombuffer(t["data"], "<f4").reshape(t["shape"]) for t in f)
+print(np.abs(a[:, 0::2] - c).max(), np.abs(a[:, 1::2] - c).max() > 1e-3)
+PY
+    assert_output "0.0 True"
+    # a tile's features do not depend on the batch it is in
+    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --avgpool --batch-size 8 "$TMP/tiles" -o "$TMP/a8.mpt"
+    run compare "$TMP/a.mpt" "$TMP/a8.mpt"
     assert_output --regexp "^([0-9.]+e-0[6-9]|0)$"
 }
 

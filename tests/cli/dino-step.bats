@@ -25,6 +25,18 @@ init() {
 
 meta() { $PY "$TOOL" meta "$@"; }
 
+# refused CKPT BATCHES MESSAGE [OPTION...]: train exits 1 saying MESSAGE and
+# leaves CKPT as it was
+refused() {
+    local ck=$1 in=$2 want=$3
+    shift 3
+    cp "$ck" "$TMP/refused-before.mpt"
+    run "$BIN/dino-step" train --ckpt "$ck" "$@" "$in"
+    assert_failure 1
+    assert_output --partial "$want"
+    cmp "$ck" "$TMP/refused-before.mpt"
+}
+
 @test "help, version and usage errors" {
     run "$BIN/dino-step" --help
     assert_success
@@ -122,6 +134,23 @@ assert rows[0]["momentum"] == 0.996 and rows[3]["momentum"] > rows[0]["momentum"
 assert abs(rows[0]["wd"] - 0.04) < 1e-15 and rows[3]["wd"] > rows[0]["wd"]
 assert rows[0]["last_layer_frozen"] and not rows[2]["last_layer_frozen"]
 PY
+    # grad norms are logged before clipping (DINO's clip_gradients return value)
+    init --clip-grad 0.001 -o "$TMP/k.mpt"
+    init --clip-grad 0 -o "$TMP/n.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/k.mpt" --log "$TMP/k.jsonl" --log-every 1 --steps 2 "$TMP/b.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/n.mpt" --log "$TMP/n.jsonl" --log-every 1 --steps 2 "$TMP/b.mpt"
+    run $PY - "$TMP/k.jsonl" "$TMP/n.jsonl" <<'PY'
+import json, sys
+k, n = ([json.loads(l) for l in open(p)] for p in sys.argv[1:])
+g = k[0]["grad_norm"]
+# after clipping each of the 37 trainable tensors to 0.001 the total would be < 0.0061
+assert g["total"] > 37 ** 0.5 * 0.001, g
+assert abs(g["total"] ** 2 - g["backbone"] ** 2 - g["head"] ** 2 - g["last_layer"] ** 2) <= 1e-9 * g["total"] ** 2
+# step 1 has the same gradient whether or not it is clipped (lr is 0 at step 0)
+assert k[0]["grad_norm"] == n[0]["grad_norm"], (k[0]["grad_norm"], n[0]["grad_norm"])
+print(k[0]["clipped"], n[0]["clipped"], n[1]["clipped"])
+PY
+    assert_output "37 0 0"
     # student and teacher moved apart from the initialisation, the center too
     init -o "$TMP/i.mpt"
     run $PY "$TOOL" diff "$TMP/i.mpt" "$TMP/c.mpt"
@@ -265,15 +294,12 @@ PY
     assert_failure 1
     assert_output --partial "element 0 is not finite"
     $PY "$TOOL" badbatch "$TMP/b.mpt" "$TMP/bs.mpt" bsize
-    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/bs.mpt"
-    assert_failure 1
-    assert_output --partial "batch of 3 samples, the run's batch_size_per_gpu is 2"
+    refused "$TMP/c.mpt" "$TMP/bs.mpt" "batch of 3 samples, the run's batch_size_per_gpu is 2"
     cmp "$TMP/c.mpt" "$TMP/before.mpt"
     # crops far larger than the model's native size are refused before sizing the trainer
     init --patch-size 4 --img-size 4 -o "$TMP/small.mpt"
-    run "$BIN/dino-step" train --ckpt "$TMP/small.mpt" "$TMP/b.mpt"
-    assert_failure 1
-    assert_output --partial "crop sizes 32 and 16: more than 4 times the model's img_size 4"
+    refused "$TMP/small.mpt" "$TMP/b.mpt" \
+        "batch: global crop size 32: more than 4 times the model's img_size 4"
     # two good steps saved, then a batch whose loss overflows: exit 1, the save stays
     "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/b1.mpt"
     cp "$TMP/c.mpt" "$TMP/good.mpt"
@@ -322,4 +348,94 @@ PY
     "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device cpu --precision fp32 "$TMP/b1.mpt"
     run meta "$TMP/c.mpt" step
     assert_output "2"
+}
+
+@test "--restart: a new schedule from the weights; --no-resume refuses a trained checkpoint" {
+    batches
+    init -o "$TMP/c.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --steps 3 "$TMP/b.mpt"
+    cp "$TMP/c.mpt" "$TMP/r.mpt"
+    cp "$TMP/c.mpt" "$TMP/c0.mpt"
+    # what --restart should equal: a fresh init holding c's weights
+    init -o "$TMP/f.mpt"
+    $PY "$TOOL" graft "$TMP/f.mpt" "$TMP/c.mpt" "$TMP/f.mpt" student/ teacher/
+    run $PY "$TOOL" diff "$TMP/c.mpt" "$TMP/f.mpt" adam_m/
+    assert_line "adam_m/backbone/cls_token"   # c's moments are not zero: the test can fail
+    run "$BIN/dino-step" train --ckpt "$TMP/r.mpt" --restart --steps 2 --log "$TMP/r.jsonl" \
+        --log-every 1 "$TMP/b.mpt"
+    assert_success
+    assert_output --partial "--restart: step 3 -> 0"
+    "$BIN/dino-step" train --ckpt "$TMP/f.mpt" --steps 2 "$TMP/b.mpt"
+    run meta "$TMP/r.mpt" step
+    assert_output "2"
+    run $PY "$TOOL" diff "$TMP/r.mpt" "$TMP/f.mpt"
+    assert_output ""
+    [ "$(meta "$TMP/r.mpt" adam_steps)" = "$(meta "$TMP/f.mpt" adam_steps)" ]
+    # the schedules start afresh: iteration 0 is warmup's lr 0 and base momentum
+    run $PY -c 'import json, sys; r = json.loads(open(sys.argv[1]).readline())
+print(r["step"], r["lr"], r["momentum"])' "$TMP/r.jsonl"
+    assert_output "1 0 0.996"
+    # a restarted run then resumes exactly like any other
+    cp "$TMP/r.mpt" "$TMP/r2.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/r.mpt" --steps 1 "$TMP/b2.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/r2.mpt" --resume --steps 1 "$TMP/b2.mpt"
+    cmp "$TMP/r.mpt" "$TMP/r2.mpt"
+    # --no-resume: a trained checkpoint is refused and left alone, a fresh one trains
+    refused "$TMP/c.mpt" "$TMP/b.mpt" "has trained 3 steps and --no-resume was given" --no-resume
+    cmp "$TMP/c.mpt" "$TMP/c0.mpt"
+    init -o "$TMP/z.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/z.mpt" --no-resume --steps 1 "$TMP/b.mpt"
+    run meta "$TMP/z.mpt" step
+    assert_output "1"
+    run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --resume --restart "$TMP/b.mpt"
+    assert_failure 2
+    assert_output --partial "exclude each other"
+}
+
+@test "crop sizes: init --global-size/--local-size checked against every batch; else the first batch fixes them" {
+    batches
+    init --global-size 32 --local-size 16 -o "$TMP/c.mpt"
+    run meta "$TMP/c.mpt" config/global_crops_size
+    assert_output "32"
+    run meta "$TMP/c.mpt" config/local_crops_size
+    assert_output "16"
+    run init --global-crops-size 32 --local-crops-size 16 --print-config
+    assert_line "global_crops_size: 32"
+    assert_line "local_crops_size: 16"
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --steps 1 "$TMP/b.mpt"
+    # a batch of other sizes than init's: a clear error naming the view, nothing trained
+    init --global-size 48 --local-size 16 -o "$TMP/g.mpt"
+    refused "$TMP/g.mpt" "$TMP/b.mpt" "global crops of 32 px, the run's global_crops_size is 48"
+    init --global-size 32 --local-size 24 -o "$TMP/l.mpt"
+    refused "$TMP/l.mpt" "$TMP/b.mpt" "local crops of 16 px, the run's local_crops_size is 24"
+    # sizes the model cannot take are usage errors at init
+    run init --global-size 30 -o "$TMP/x.mpt"
+    assert_failure 2
+    assert_output --partial "--global-size: global crop size 30 is not a multiple of the patch size 8"
+    run init --local-size 16 --local-crops-number 0 -o "$TMP/x.mpt"
+    assert_failure 2
+    [ ! -e "$TMP/x.mpt" ]
+    # without them (and in checkpoints made before they existed) the keys are
+    # absent, the first batch fixes the sizes, and the saved run remembers them
+    init -o "$TMP/o.mpt"
+    run meta "$TMP/o.mpt" config
+    refute_output --partial "crops_size"
+    "$BIN/dino-step" train --ckpt "$TMP/o.mpt" --steps 2 "$TMP/b.mpt"
+    run meta "$TMP/o.mpt" config/global_crops_size
+    assert_output "32"
+    run meta "$TMP/o.mpt" config/local_crops_size
+    assert_output "16"
+    "$BIN/multicrop" --stats "$TMP/stats.mpt" --list "$TMP/list.txt" --batch-size 2 \
+        --global-size 48 --local-size 24 --local-crops-number 2 --seed 1 --threads 1 -o "$TMP/b48.mpt"
+    refused "$TMP/o.mpt" "$TMP/b48.mpt" "global crops of 48 px, the run's global_crops_size is 32"
+    # a malformed size in meta is refused
+    $PY - "$TMP/o.mpt" "$TMP/bad.mpt" <<'PY'
+import sys, msgpack
+m = msgpack.unpackb(open(sys.argv[1], "rb").read())
+m["meta"]["config"]["local_crops_size"] = 20
+open(sys.argv[2], "wb").write(msgpack.packb(m))
+PY
+    run "$BIN/dino-step" train --ckpt "$TMP/bad.mpt" "$TMP/b.mpt"
+    assert_failure 1
+    assert_output --partial "meta config/local_crops_size: local crop size 20 is not a multiple of the patch size 8"
 }

@@ -9,6 +9,7 @@ geodino's C code (msgpack + numpy only).
   init-check FILE               student == teacher, center and moments zero
   badbatch IN OUT what          first batch of IN altered: nan | huge | bsize
   collapse IN OUT               last layer of student and teacher made rank one (uniform output)
+  graft DST SRC OUT PREFIX...   DST with the tensors of SRC whose names start with a PREFIX
   ckpt OUT JSON                 a checkpoint from {"teacher/x": [[...]], "student/x": ...} (<f4)
   ema T S M                     numpy float32 m t + (1 - m) s for each teacher/ tensor, as JSON
   send SOCK FILE...             sends the files' bytes to a Unix socket, prints replies as JSON
@@ -17,6 +18,8 @@ geodino's C code (msgpack + numpy only).
   vit CKPT ROLE TILE...         CLS features of a float64 numpy ViT (timm's, DINO's eval:
                                 the final norm's CLS token) of GDAL-read tiles, normalized
                                 and centre-cropped as dino-step embed documents; JSON
+  vit-avgpool CKPT ROLE TILE... the same ViT, DINO eval_linear's avgpool features: the CLS
+                                token and the mean of the normed patch tokens, interleaved
 """
 import math
 import json
@@ -87,7 +90,7 @@ def layernorm(x, w, b, eps):
     return (x - m) / np.sqrt(v + eps) * w + b
 
 
-def vit_features(ck, role, tiles):
+def vit_features(ck, role, tiles, avgpool=False):
     from osgeo import gdal
     meta, t = ck["meta"], ck["tensors"]
     cfg, st = meta["config"], meta["stats"]
@@ -123,7 +126,11 @@ def vit_features(ck, role, tiles):
             y = y * 0.5 * (1 + erf(y / math.sqrt(2)))
             z = z + y @ B("mlp/fc2/weight").T + B("mlp/fc2/bias")
         z = layernorm(z, P("backbone/norm/weight"), P("backbone/norm/bias"), cfg["ln_eps"])
-        out.append(z[0].tolist())
+        if avgpool:
+            # DINO: cat((cls.unsqueeze(-1), mean.unsqueeze(-1)), -1).reshape(B, -1)
+            out.append(np.stack([z[0], z[1:].mean(0)], -1).reshape(-1).tolist())
+        else:
+            out.append(z[0].tolist())
     return out
 
 
@@ -181,6 +188,12 @@ def main():
             v = arr(m["tensors"][k])
             m["tensors"][k] = put(np.ones_like(v) * v[0])
         open(a[1], "wb").write(msgpack.packb(m))
+    elif cmd == "graft":
+        m, src = one(a[0]), one(a[1])["tensors"]
+        for k in src:
+            if any(k.startswith(p) for p in a[3:]):
+                m["tensors"][k] = src[k]
+        open(a[2], "wb").write(msgpack.packb(m))
     elif cmd == "ckpt":
         spec = json.loads(a[1])
         m = {"v": 1, "kind": "checkpoint", "meta": {"step": 0},
@@ -211,6 +224,8 @@ def main():
         replies(s)
     elif cmd == "vit":
         print(json.dumps(vit_features(one(a[0]), a[1], a[2:])))
+    elif cmd == "vit-avgpool":
+        print(json.dumps(vit_features(one(a[0]), a[1], a[2:], avgpool=True)))
     else:
         sys.exit("unknown command " + cmd)
 
