@@ -263,6 +263,10 @@ static seg_model *model_new(gd_backend *be, const seg_cfg *c, int batch, gd_err 
     if (c->head == SEG_HEAD_DMLP && (c->dmlp_blocks < 1 || c->dmlp_blocks > SEG_MAX_DMLP_BLOCKS))
         return gd_errf(err, "dmlp head: %d blocks, not in 1..%d", c->dmlp_blocks,
                        SEG_MAX_DMLP_BLOCKS), NULL;
+    if (c->head == SEG_HEAD_DMLP && (!be->dwconv3_fwd || !be->dwconv3_bwd ||
+                                     !be->deform_sample_fwd || !be->deform_sample_bwd))
+        return gd_errf(err, "the %s backend has no deformable-MLP ops (--head dmlp needs the "
+                            "cpu device)", be->name), NULL;
     seg_model *s = calloc(1, sizeof *s);
     if (!s)
         return gd_errf(err, "out of memory"), NULL;
