@@ -9,25 +9,11 @@
 #include "ops.h"
 #include "rng.h"
 #include "seg.h"
+#include "seg_fixture.h"
 #include "test.h"
 #include "trainer.h"
 
 static gd_backend *be(void) { return gd_backend_cpu(); }
-
-static float *dev_of(const float *h, size_t n)
-{
-    float *d = be()->alloc(be(), n, NULL);
-    be()->upload(be(), d, h, n, NULL);
-    return d;
-}
-
-static void host_from(float *h, const float *d, size_t n) { be()->download(be(), h, d, n, NULL); }
-
-static void fill_normal(rng *r, float *x, size_t n, double sd)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)(rng_normal(r) * sd);
-}
 
 static void to_double(double *d, const float *f, size_t n)
 {
@@ -82,16 +68,16 @@ TEST(dmlp_dwconv3_forward_and_backward_against_a_direct_loop)
     rng r;
     rng_init(&r, 31, 0, 0, 0);
     float x[NX], w[CC * 9], b[CC], g[NX], y[NX], dx[NX], dw[CC * 9], db[CC];
-    fill_normal(&r, x, NX, 1), fill_normal(&r, w, CC * 9, 1), fill_normal(&r, b, CC, 1);
-    fill_normal(&r, g, NX, 1);
-    float *X = dev_of(x, NX), *Wt = dev_of(w, CC * 9), *Bs = dev_of(b, CC), *G = dev_of(g, NX);
+    tu_fill_normal(&r, x, NX, 1), tu_fill_normal(&r, w, CC * 9, 1), tu_fill_normal(&r, b, CC, 1);
+    tu_fill_normal(&r, g, NX, 1);
+    float *X = tu_dev_of(x, NX), *Wt = tu_dev_of(w, CC * 9), *Bs = tu_dev_of(b, CC), *G = tu_dev_of(g, NX);
     float *Y = be()->alloc(be(), NX, NULL), *DX = be()->alloc(be(), NX, NULL);
     float dw0[CC * 9], db0[CC];
-    fill_normal(&r, dw0, CC * 9, 1), fill_normal(&r, db0, CC, 1); /* backward accumulates */
-    float *DW = dev_of(dw0, CC * 9), *DB = dev_of(db0, CC);
+    tu_fill_normal(&r, dw0, CC * 9, 1), tu_fill_normal(&r, db0, CC, 1); /* backward accumulates */
+    float *DW = tu_dev_of(dw0, CC * 9), *DB = tu_dev_of(db0, CC);
     be()->dwconv3_fwd(be(), Y, X, Wt, Bs, CB, CH, CW, CC);
     be()->dwconv3_bwd(be(), DX, DW, DB, G, X, Wt, CB, CH, CW, CC);
-    host_from(y, Y, NX), host_from(dx, DX, NX), host_from(dw, DW, CC * 9), host_from(db, DB, CC);
+    tu_host_from(y, Y, NX), tu_host_from(dx, DX, NX), tu_host_from(dw, DW, CC * 9), tu_host_from(db, DB, CC);
     double xd[NX], wd[CC * 9], bd[CC], yd[NX];
     to_double(xd, x, NX), to_double(wd, w, CC * 9), to_double(bd, b, CC);
     ref_dwconv_dot(xd, wd, bd, g, yd);
@@ -174,7 +160,7 @@ TEST(dmlp_deform_sample_forward_and_gradients_against_a_direct_sampler)
     rng r;
     rng_init(&r, 32, 0, 0, 0);
     float x[NX], om[NO], g[NX], y[NX], dx[NX], dom[NO];
-    fill_normal(&r, x, NX, 1), fill_normal(&r, g, NX, 1);
+    tu_fill_normal(&r, x, NX, 1), tu_fill_normal(&r, g, NX, 1);
     int clamped = 0, outside = 0;
     for (int p = 0; p < NO / 3; p++) {
         om[3 * p] = draw_offset(&r), om[3 * p + 1] = draw_offset(&r);
@@ -184,12 +170,12 @@ TEST(dmlp_deform_sample_forward_and_gradients_against_a_direct_sampler)
         outside += i + om[3 * p] < 0 || i + om[3 * p] > SH - 1;
     }
     CHECK(clamped > 5 && outside > 5); /* the draw covers both cases */
-    float *X = dev_of(x, NX), *OM = dev_of(om, NO), *G = dev_of(g, NX);
+    float *X = tu_dev_of(x, NX), *OM = tu_dev_of(om, NO), *G = tu_dev_of(g, NX);
     float *Y = be()->alloc(be(), NX, NULL), *DX = be()->alloc(be(), NX, NULL);
     float *DOM = be()->alloc(be(), NO, NULL);
     be()->deform_sample_fwd(be(), Y, X, OM, SB, SH, SW, SC, (float)SMAX);
     be()->deform_sample_bwd(be(), DX, DOM, G, X, OM, SB, SH, SW, SC, (float)SMAX);
-    host_from(y, Y, NX), host_from(dx, DX, NX), host_from(dom, DOM, NO);
+    tu_host_from(y, Y, NX), tu_host_from(dx, DX, NX), tu_host_from(dom, DOM, NO);
     double xd[NX], od[NO], yd[NX];
     to_double(xd, x, NX), to_double(od, om, NO);
     ref_sample_dot(xd, od, g, yd);
@@ -215,15 +201,15 @@ TEST(dmlp_deform_sample_with_zero_offsets_is_the_plain_1x1_linear)
     rng r;
     rng_init(&r, 33, 0, 0, 0);
     float x[NX], w[OUT * SC], om[NO] = {0}, y[R * OUT], z[R * OUT];
-    fill_normal(&r, x, NX, 1), fill_normal(&r, w, OUT * SC, 1);
-    float *X = dev_of(x, NX), *OM = dev_of(om, NO), *Wt = dev_of(w, OUT * SC);
+    tu_fill_normal(&r, x, NX, 1), tu_fill_normal(&r, w, OUT * SC, 1);
+    float *X = tu_dev_of(x, NX), *OM = tu_dev_of(om, NO), *Wt = tu_dev_of(w, OUT * SC);
     float *S = be()->alloc(be(), NX, NULL), *Y = be()->alloc(be(), R * OUT, NULL);
     float *Z = be()->alloc(be(), R * OUT, NULL);
     /* om = 0: offsets 0, m = 2 sigmoid(0) = 1 */
     be()->deform_sample_fwd(be(), S, X, OM, SB, SH, SW, SC, (float)SMAX);
     be()->gemm(be(), false, true, R, OUT, SC, 1.0f, S, SC, 0, Wt, SC, 0, 0.0f, Y, OUT, 0, 1);
     be()->gemm(be(), false, true, R, OUT, SC, 1.0f, X, SC, 0, Wt, SC, 0, 0.0f, Z, OUT, 0, 1);
-    host_from(y, Y, R * OUT), host_from(z, Z, R * OUT);
+    tu_host_from(y, Y, R * OUT), tu_host_from(z, Z, R * OUT);
     for (int i = 0; i < R * OUT; i++) {
         double ref = 0;
         for (int c = 0; c < SC; c++)
@@ -238,30 +224,9 @@ TEST(dmlp_deform_sample_with_zero_offsets_is_the_plain_1x1_linear)
 
 /* ---- the dmlp head ------------------------------------------------------- */
 
-/* A tiny dino-step checkpoint (depth blocks, embed 8, patch 4, 2 bands). */
-static msg *tiny_checkpoint(int depth)
-{
-    run_config c;
-    run_config_defaults(&c);
-    dino_model_preset(&c.model, "vit_tiny", 4, 2);
-    snprintf(c.arch, sizeof c.arch, "vit_tiny");
-    c.model.img_size = 8, c.model.depth = depth, c.model.embed_dim = 8, c.model.num_heads = 2;
-    c.model.out_dim = 8, c.model.hidden_dim = 8, c.model.bottleneck_dim = 4;
-    c.batch_size = 1, c.local_crops_number = 0, c.train.niter_per_epoch = 3;
-    gd_err err;
-    batch_shape s = {.B = 1, .G = 2, .C = 2, .H = 8};
-    dino_trainer *t = run_trainer_new(be(), &c, &s, &err);
-    if (!t || dino_trainer_init(t, 5, &err))
-        return NULL;
-    msg *m = checkpoint_build(t, &c, 0, &err);
-    dino_trainer_free(t);
-    run_config_free(&c);
-    return m;
-}
-
 static seg_model *dmlp_model(int blocks, gd_err *err)
 {
-    msg *ck = tiny_checkpoint(2);
+    msg *ck = tu_tiny_checkpoint(2);
     if (!ck)
         return gd_errf(err, "no checkpoint"), NULL;
     seg_cfg c = {.levels = {1, 2}, .nlevels = 2, .emb_chans = 4, .num_classes = 3,
@@ -282,8 +247,8 @@ TEST(dmlp_head_decoder_gradient_matches_finite_differences)
     rng_init(&r, 34, 0, 0, 0);
     float img[N * C * S * S], protos[K * E];
     uint8_t lab[N * S * S];
-    fill_normal(&r, img, N * C * S * S, 1);
-    fill_normal(&r, protos, K * E, 1);
+    tu_fill_normal(&r, img, N * C * S * S, 1);
+    tu_fill_normal(&r, protos, K * E, 1);
     for (int i = 0; i < N * S * S; i++)
         lab[i] = rng_below(&r, 5) == 0 ? SEG_IGNORE : (uint8_t)rng_below(&r, K);
     size_t n;
@@ -291,27 +256,18 @@ TEST(dmlp_head_decoder_gradient_matches_finite_differences)
     /* random weights everywhere (the offset layer starts at zero, and then
      * the offsets and the depthwise branch would carry no gradient) */
     float *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g);
-    fill_normal(&r, p, n, 0.4);
+    tu_fill_normal(&r, p, n, 0.4);
     be()->upload(be(), P, p, n, NULL);
     seg_loss_opts o = {.protos = protos, .lambda_proto = 0.3, .temp = 2, .alpha = 0.9,
                        .weight = 1};
     seg_losses l;
     seg_zero_grad(s);
     CHECK_MSG(seg_batch_loss(s, img, lab, N, S, &o, true, &l, &err) == 0, "%s", err.msg);
-    host_from(g, G, n);
+    tu_host_from(g, G, n);
     int checked = 0, bad = 0;
     for (size_t i = 0; i < n; i += 3) {
-        double x0 = p[i], h = 3e-3, v[2];
-        for (int sgn = 0; sgn < 2; sgn++) {
-            float x = (float)(x0 + (sgn ? -h : h));
-            be()->upload(be(), P + i, &x, 1, NULL);
-            seg_losses lh;
-            CHECK(seg_batch_loss(s, img, lab, N, S, &o, false, &lh, &err) == 0);
-            v[sgn] = lh.ce + o.lambda_proto * lh.proto;
-        }
-        float x = (float)x0;
-        be()->upload(be(), P + i, &x, 1, NULL);
-        double fdv = (v[0] - v[1]) / (2 * h);
+        double fdv = tu_seg_fd(s, P + i, 3e-3, img, lab, N, S, &o);
+        CHECK(isfinite(fdv));
         if (fabs(g[i] - fdv) > 2e-3 + 2e-2 * fabs(fdv)) {
             bad++;
             fprintf(stderr, "  float %zu: %g vs fd %g\n", i, g[i], fdv);
@@ -333,10 +289,10 @@ TEST(dmlp_head_checkpoint_round_trip_and_a_plain_head_refuses_it)
     rng_init(&r, 35, 0, 0, 0);
     size_t n;
     float *P = seg_model_params(s, &n), *p = malloc(n * sizeof *p);
-    fill_normal(&r, p, n, 0.4);
+    tu_fill_normal(&r, p, n, 0.4);
     be()->upload(be(), P, p, n, NULL);
     float img[N * C * S * S], a[N * S * S * K], b[N * S * S * K];
-    fill_normal(&r, img, N * C * S * S, 1);
+    tu_fill_normal(&r, img, N * C * S * S, 1);
     CHECK(seg_predict(s, img, N, S, S, a, &err) == 0);
     msg *m = seg_model_save(s, 7, &err);
     CHECK_MSG(m, "%s", err.msg);
