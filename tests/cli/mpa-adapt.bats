@@ -347,6 +347,12 @@ open(sys.argv[1], "wb").write(msgpack.packb({"v": 1, "kind": "prototypes", "meta
     assert_success
     run show "$TMP/dm2.mpt"
     assert_output --partial '"head": "dmlp"'
+    # the same bytes on 1 and 2 threads, at a size where the ops run in parallel
+    for th in 1 2; do
+        OMP_NUM_THREADS=$th "$BIN/mpa-adapt" train-source --ckpt "$D/dino.mpt" --num-classes 3 \
+            --head dmlp --list "$D/data/src-train.txt" --steps 2 --batch-size 8 -q -o "$TMP/t$th.mpt"
+    done
+    cmp "$TMP/t1.mpt" "$TMP/t2.mpt"
     # the plain model of setup_file records its head too
     run show "$D/seg.mpt"
     assert_output --partial '"head": "plain"'
