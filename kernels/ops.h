@@ -193,6 +193,29 @@ struct gd_backend {
      * counts[c] += their number; labels outside [0, K) are skipped. */
     void (*class_sums)(gd_backend *be, float *sums, float *counts, const float *f,
                        const float *labels, int rows, int D, int K);
+
+    /* ---- deformable MLP (mpa-adapt --head dmlp) ------------------------ */
+    /* Depthwise 3x3 convolution, stride 1, zero padding 1, on
+     * channels-last maps x [B, H, W, C], weights w [C, 9] (ky * 3 + kx):
+     *   y[b,i,j,c] = bias[c] + sum_ky,kx w[c, ky 3 + kx] x[b, i+ky-1, j+kx-1, c].
+     * The backward overwrites dx and accumulates dw, dbias. */
+    void (*dwconv3_fwd)(gd_backend *be, float *y, const float *x, const float *w,
+                        const float *bias, int B, int H, int W, int C);
+    void (*dwconv3_bwd)(gd_backend *be, float *dx, float *dw, float *dbias, const float *dy,
+                        const float *x, const float *w, int B, int H, int W, int C);
+    /* Modulated deformable 1x1 sampling (DCNv2 with a 1x1 kernel, one
+     * offset group) of x [B, H, W, C], driven by raw per-position values
+     * om [B, H, W, 3]: dy = clamp(om0, -max_off, max_off), dx likewise from
+     * om1, m = 2 sigmoid(om2);
+     *   y[b,i,j,:] = m * bilinear(x[b], i + dy, j + dx)
+     * where a tap outside the map reads 0 (a position at or beyond one
+     * pixel outside gives 0).  The backward overwrites dx and dom (the
+     * gradient w.r.t. the raw values: 0 for a clamped offset). */
+    void (*deform_sample_fwd)(gd_backend *be, float *y, const float *x, const float *om, int B,
+                              int H, int W, int C, float max_off);
+    void (*deform_sample_bwd)(gd_backend *be, float *dx, float *dom, const float *dy,
+                              const float *x, const float *om, int B, int H, int W, int C,
+                              float max_off);
 };
 
 /* The CPU reference backend (CBLAS + OpenMP).  A static object: no free. */

@@ -15,6 +15,20 @@
 #include "rng.h"
 
 #define MAX_SIZES 8
+#define DMLP_LN_EPS 1e-6f
+
+/* The tensors of one dmlp block, in table order (seg.h). */
+enum { DM_LN1W, DM_LN1B, DM_DWW, DM_DWB, DM_OFFW, DM_OFFB, DM_FCW, DM_FCB, DM_LN2W, DM_LN2B,
+       DM_FC1W, DM_FC1B, DM_FC2W, DM_FC2B, DM_NT };
+
+/* Saved activations of one dmlp block (rows R = maps x g x g). */
+typedef struct dmlp_acts {
+    float *xin;               /* [R, E] its input (block 0: the level sum) */
+    float *h1, *m1, *r1;      /* LN1 output [R, E], mean and rstd [R] */
+    float *d, *om, *smp;      /* dwconv [R, E], raw offsets [R, 3], sampled [R, E] */
+    float *x1, *h2, *m2, *r2; /* after the deformable part; LN2 */
+    float *z, *u;             /* fc1 output, GELU [R, 4E] */
+} dmlp_acts;
 
 /* Device buffers of passes over tiles of one size. */
 typedef struct seg_ws {
@@ -27,6 +41,8 @@ typedef struct seg_ws {
     float *fused, *logit_t, *logit, *dlogit, *dlogit_t, *dfused, *dproto;
     float *lab, *lab_t, *loss, *protos, *cw, *sums, *counts;
     float *dtok[SEG_MAX_LEVELS], *dnrm; /* fine-tuning */
+    dmlp_acts blk[SEG_MAX_DMLP_BLOCKS];  /* dmlp head */
+    float *bx1, *bs, *bh, *bh2, *bz, *bu, *bom; /* its backward scratch */
     int nvalid;               /* tiles of the last pass */
     long ver;                 /* the backbone version its trainer holds */
 } seg_ws;
@@ -58,6 +74,19 @@ struct seg_model {
 };
 
 /* ---- configuration -------------------------------------------------------- */
+
+const char *seg_head_name(seg_head h) { return h == SEG_HEAD_DMLP ? "dmlp" : "plain"; }
+
+int seg_parse_head(const char *name, seg_head *h, gd_err *err)
+{
+    if (!strcmp(name, "plain"))
+        *h = SEG_HEAD_PLAIN;
+    else if (!strcmp(name, "dmlp"))
+        *h = SEG_HEAD_DMLP;
+    else
+        return gd_errf(err, "head '%s' is not plain or dmlp", name);
+    return 0;
+}
 
 int seg_parse_levels(seg_cfg *c, const char *spec, int depth, gd_err *err)
 {
@@ -124,10 +153,28 @@ static void dreg(seg_model *s, const char *name, int ndim, int64_t a, int64_t b)
     s->dfloats += (p->n + 15) / 16 * 16;
 }
 
+/* Block i's tensors (in DM_* order; a bias right after its weight). */
+static void dmlp_register(seg_model *s, int i)
+{
+    int E = s->c.emb_chans, Hd = SEG_DMLP_MLP_RATIO * E;
+    static const char *names[DM_NT] = {"ln1/weight", "ln1/bias", "dw/weight", "dw/bias",
+                                       "offset/weight", "offset/bias", "fc/weight", "fc/bias",
+                                       "ln2/weight", "ln2/bias", "fc1/weight", "fc1/bias",
+                                       "fc2/weight", "fc2/bias"};
+    const int64_t shape[DM_NT][2] = {{E, 0}, {E, 0}, {E, 9}, {E, 0},  {3, E},  {3, 0}, {E, E},
+                                     {E, 0}, {E, 0}, {E, 0}, {Hd, E}, {Hd, 0}, {E, Hd}, {E, 0}};
+    char name[96];
+    for (int k = 0; k < DM_NT; k++) {
+        snprintf(name, sizeof name, "decoder/dmlp/%d/%s", i, names[k]);
+        dreg(s, name, shape[k][1] ? 2 : 1, shape[k][0], shape[k][1]);
+    }
+}
+
 static int build_decoder_table(seg_model *s, gd_err *err)
 {
     int L = s->c.nlevels, E = s->c.emb_chans, K = s->c.num_classes, D = s->rc.model.embed_dim;
-    s->dtab = calloc(2 * L + 2, sizeof *s->dtab);
+    int N = s->c.head == SEG_HEAD_DMLP ? s->c.dmlp_blocks : 0;
+    s->dtab = calloc(2 * L + 2 + (size_t)DM_NT * N, sizeof *s->dtab);
     if (!s->dtab)
         return gd_errf(err, "out of memory");
     char name[96];
@@ -139,6 +186,8 @@ static int build_decoder_table(seg_model *s, gd_err *err)
     }
     dreg(s, "decoder/pred/weight", 2, K, E);
     dreg(s, "decoder/pred/bias", 1, K, 0);
+    for (int i = 0; i < N; i++)
+        dmlp_register(s, i);
     gd_backend *be = s->be;
     s->P = be->alloc(be, s->dfloats, err);
     s->G = s->P ? be->alloc(be, s->dfloats, err) : NULL;
@@ -210,6 +259,15 @@ static seg_model *model_new(gd_backend *be, const seg_cfg *c, int batch, gd_err 
         c->nlevels < 1 || c->nlevels > SEG_MAX_LEVELS)
         return gd_errf(err, "bad decoder configuration (emb_chans %d, %d classes, %d levels)",
                        c->emb_chans, c->num_classes, c->nlevels), NULL;
+    if (c->head != SEG_HEAD_PLAIN && c->head != SEG_HEAD_DMLP)
+        return gd_errf(err, "unknown decoder head %d", (int)c->head), NULL;
+    if (c->head == SEG_HEAD_DMLP && (c->dmlp_blocks < 1 || c->dmlp_blocks > SEG_MAX_DMLP_BLOCKS))
+        return gd_errf(err, "dmlp head: %d blocks, not in 1..%d", c->dmlp_blocks,
+                       SEG_MAX_DMLP_BLOCKS), NULL;
+    if (c->head == SEG_HEAD_DMLP && (!be->dwconv3_fwd || !be->dwconv3_bwd ||
+                                     !be->deform_sample_fwd || !be->deform_sample_bwd))
+        return gd_errf(err, "the %s backend has no deformable-MLP ops (--head dmlp needs the "
+                            "cpu device)", be->name), NULL;
     seg_model *s = calloc(1, sizeof *s);
     if (!s)
         return gd_errf(err, "out of memory"), NULL;
@@ -228,7 +286,24 @@ static int check_levels(const seg_model *s, gd_err *err)
     return 0;
 }
 
-/* torch.nn.Linear's default: weight and bias uniform in +-1/sqrt(fan_in) */
+/* The constant a tensor starts at, or NAN for the uniform default: the
+ * LayerNorms start as the identity, and the offset layer at zero so that a
+ * fresh dmlp block samples each position itself with m = 1 (DCNv2's
+ * practice). */
+static float init_const(const char *name)
+{
+    const char *k = strstr(name, "/dmlp/") ? strrchr(name, '/') : NULL;
+    if (!k)
+        return NAN;
+    if (strstr(name, "/ln1/") || strstr(name, "/ln2/"))
+        return !strcmp(k, "/weight") ? 1.0f : 0.0f;
+    if (strstr(name, "/offset/"))
+        return 0.0f;
+    return NAN;
+}
+
+/* torch.nn.Linear's (and Conv2d's) default: weight and bias uniform in
+ * +-1/sqrt(fan_in); the exceptions of init_const. */
 static int init_decoder(seg_model *s, uint64_t seed, gd_err *err)
 {
     float *h = calloc(s->dfloats, sizeof *h);
@@ -240,8 +315,9 @@ static int init_decoder(seg_model *s, uint64_t seed, gd_err *err)
         double bound = 1.0 / sqrt((double)fan_in);
         rng r;
         rng_init(&r, seed, 0x5e9, (uint64_t)i, 0); /* one stream per tensor */
+        float v = init_const(p->name);
         for (size_t k = 0; k < p->n; k++)
-            h[p->off + k] = (float)rng_range(&r, -bound, bound);
+            h[p->off + k] = isnan(v) ? (float)rng_range(&r, -bound, bound) : v;
     }
     int rc = s->be->upload(s->be, s->P, h, s->dfloats, err);
     free(h);
@@ -283,11 +359,20 @@ static int cfg_from_meta(seg_cfg *c, const value *meta, gd_err *err)
     c->num_classes = (int)value_int(seg, "num_classes", 0);
     const char *which = value_str(seg, "which", "teacher");
     c->role = !strcmp(which, "student") ? DINO_STUDENT : DINO_TEACHER;
+    if (seg_parse_head(value_str(seg, "head", "plain"), &c->head, err))
+        return gd_err_prefix(err, "meta seg/head");
+    c->dmlp_blocks = (int)value_int(seg, "dmlp_blocks", 0);
     return 0;
 }
 
 static int load_decoder(seg_model *s, const msg *m, gd_err *err)
 {
+    /* a head's tensors never load into another head */
+    for (size_t i = 0; s->c.head != SEG_HEAD_DMLP && i < m->ntensors; i++)
+        if (!strncmp(m->tensors[i].name, "decoder/dmlp/", 13))
+            return gd_errf(err, "tensor \"%s\" belongs to a dmlp head, and meta seg/head says "
+                                "this is a %s head", m->tensors[i].name,
+                           seg_head_name(s->c.head));
     for (int i = 0; i < s->nd; i++) {
         const dino_param *p = &s->dtab[i];
         const tensor *x = require_param(m, p->name, p, err);
@@ -355,7 +440,9 @@ msg *seg_model_save(seg_model *s, long step, gd_err *err)
         !value_set_str(seg, "which", s->c.role == DINO_STUDENT ? "student" : "teacher") ||
         !value_set_int(seg, "ignore_index", SEG_IGNORE) || !value_set_int(seg, "step", step) ||
         !value_set_int(seg, "seed", (int64_t)s->seed) ||
-        !value_set_str(seg, "backbone", s->finetune ? "fine-tuned" : "frozen"))
+        !value_set_str(seg, "backbone", s->finetune ? "fine-tuned" : "frozen") ||
+        !value_set_str(seg, "head", seg_head_name(s->c.head)) ||
+        !value_set_int(seg, "dmlp_blocks", s->c.head == SEG_HEAD_DMLP ? s->c.dmlp_blocks : 0))
         goto oom;
     return m;
 oom:
@@ -378,6 +465,16 @@ static void ws_free(seg_model *s, seg_ws *w)
         be->release(be, w->tok[l]), be->release(be, w->nrm[l]), be->release(be, w->ln_m[l]),
             be->release(be, w->ln_r[l]), be->release(be, w->dtok[l]);
     be->release(be, w->dnrm);
+    for (int i = 0; i < SEG_MAX_DMLP_BLOCKS; i++) {
+        dmlp_acts *a = &w->blk[i];
+        float *bufs2[] = {a->xin, a->h1, a->m1, a->r1, a->d, a->om, a->smp,
+                          a->x1,  a->h2, a->m2, a->r2, a->z, a->u};
+        for (size_t k = 0; k < sizeof bufs2 / sizeof bufs2[0]; k++)
+            be->release(be, bufs2[k]);
+    }
+    float *scratch[] = {w->bx1, w->bs, w->bh, w->bh2, w->bz, w->bu, w->bom};
+    for (size_t k = 0; k < sizeof scratch / sizeof scratch[0]; k++)
+        be->release(be, scratch[k]);
 }
 
 void seg_model_free(seg_model *s)
@@ -403,6 +500,31 @@ static float *dalloc(seg_model *s, size_t n, int *failed, gd_err *err)
     if (!p)
         *failed = 1;
     return p;
+}
+
+static int dmlp_alloc(seg_model *s, seg_ws *w, int R, gd_err *err)
+{
+    size_t E = (size_t)s->c.emb_chans, Hd = SEG_DMLP_MLP_RATIO * E;
+    int failed = 0;
+    for (int i = 0; i < s->c.dmlp_blocks; i++) {
+        dmlp_acts *a = &w->blk[i];
+        float **re[] = {&a->xin, &a->h1, &a->d, &a->smp, &a->x1, &a->h2};
+        for (size_t k = 0; k < sizeof re / sizeof re[0]; k++)
+            *re[k] = dalloc(s, R * E, &failed, err);
+        float **rows[] = {&a->m1, &a->r1, &a->m2, &a->r2};
+        for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++)
+            *rows[k] = dalloc(s, R, &failed, err);
+        a->om = dalloc(s, (size_t)R * 3, &failed, err);
+        a->z = dalloc(s, R * Hd, &failed, err);
+        a->u = dalloc(s, R * Hd, &failed, err);
+    }
+    float **re[] = {&w->bx1, &w->bs, &w->bh, &w->bh2};
+    for (size_t k = 0; k < sizeof re / sizeof re[0]; k++)
+        *re[k] = dalloc(s, R * E, &failed, err);
+    w->bz = dalloc(s, R * Hd, &failed, err);
+    w->bu = dalloc(s, R * Hd, &failed, err);
+    w->bom = dalloc(s, (size_t)R * 3, &failed, err);
+    return failed ? -1 : 0;
 }
 
 static int ws_alloc(seg_model *s, seg_ws *w, gd_err *err)
@@ -434,6 +556,8 @@ static int ws_alloc(seg_model *s, seg_ws *w, gd_err *err)
     w->cw = dalloc(s, K, &failed, err);
     w->sums = dalloc(s, (size_t)K * E, &failed, err);
     w->counts = dalloc(s, K, &failed, err);
+    if (!failed && s->c.head == SEG_HEAD_DMLP && dmlp_alloc(s, w, R, err))
+        failed = 1;
     return failed ? -1 : 0;
 }
 
@@ -511,6 +635,77 @@ static const float *dparam(const seg_model *s, const float *buf, int i)
     return buf + s->dtab[i].off;
 }
 
+/* Parameter k of dmlp block i in buf (P or G). */
+static float *dmp(const seg_model *s, float *buf, int i, int k)
+{
+    return buf + s->dtab[2 * s->c.nlevels + 2 + DM_NT * i + k].off;
+}
+
+/* dmlp block i of the workspace's maps, from blk[i].xin into out. */
+static void dmlp_forward(seg_model *s, seg_ws *w, int i, float *out)
+{
+    gd_backend *be = s->be;
+    dmlp_acts *a = &w->blk[i];
+    int E = s->c.emb_chans, Hd = SEG_DMLP_MLP_RATIO * E, R = 2 * s->B * w->np, M = 2 * s->B;
+    float *P = s->P;
+    be->layernorm_fwd(be, a->h1, a->m1, a->r1, a->xin, dmp(s, P, i, DM_LN1W),
+                      dmp(s, P, i, DM_LN1B), R, E, DMLP_LN_EPS);
+    be->dwconv3_fwd(be, a->d, a->h1, dmp(s, P, i, DM_DWW), dmp(s, P, i, DM_DWB), M, w->g, w->g,
+                    E);
+    linear_acc(be, a->om, a->d, dmp(s, P, i, DM_OFFW), dmp(s, P, i, DM_OFFB), R, E, 3, 0.0f);
+    be->deform_sample_fwd(be, a->smp, a->h1, a->om, M, w->g, w->g, E, w->g / 4.0f);
+    linear_acc(be, a->x1, a->smp, dmp(s, P, i, DM_FCW), dmp(s, P, i, DM_FCB), R, E, E, 0.0f);
+    be->axpy(be, a->x1, 1.0f, a->xin, (size_t)R * E);
+    be->layernorm_fwd(be, a->h2, a->m2, a->r2, a->x1, dmp(s, P, i, DM_LN2W),
+                      dmp(s, P, i, DM_LN2B), R, E, DMLP_LN_EPS);
+    linear_acc(be, a->z, a->h2, dmp(s, P, i, DM_FC1W), dmp(s, P, i, DM_FC1B), R, E, Hd, 0.0f);
+    be->gelu_fwd(be, a->u, a->z, (size_t)R * Hd);
+    linear_acc(be, out, a->u, dmp(s, P, i, DM_FC2W), dmp(s, P, i, DM_FC2B), R, Hd, E, 0.0f);
+    be->axpy(be, out, 1.0f, a->x1, (size_t)R * E);
+}
+
+/* y = x W^T + b backward: dW += dy^T x, db += sum dy, dx = dy W (overwrite). */
+static void linear_bwd(gd_backend *be, float *dx, float *dw, float *db, const float *dy,
+                       const float *x, const float *wt, int M, int in, int out)
+{
+    be->gemm(be, true, false, out, in, M, 1.0f, dy, out, 0, x, in, 0, 1.0f, dw, in, 0, 1);
+    be->bias_grad(be, db, dy, M, out);
+    be->gemm(be, false, false, M, in, out, 1.0f, dy, out, 0, wt, in, 0, 0.0f, dx, in, 0, 1);
+}
+
+/* Block i backward: d (in place) holds the gradient w.r.t. its output and
+ * gets the one w.r.t. its input; parameter gradients add to G. */
+static void dmlp_backward(seg_model *s, seg_ws *w, int i, float *d)
+{
+    gd_backend *be = s->be;
+    dmlp_acts *a = &w->blk[i];
+    int E = s->c.emb_chans, Hd = SEG_DMLP_MLP_RATIO * E, R = 2 * s->B * w->np, M = 2 * s->B;
+    size_t RE = (size_t)R * E;
+    float *P = s->P, *G = s->G;
+    /* y = x1 + fc2(GELU(fc1(LN2(x1)))) */
+    linear_bwd(be, w->bu, dmp(s, G, i, DM_FC2W), dmp(s, G, i, DM_FC2B), d, a->u,
+               dmp(s, P, i, DM_FC2W), R, Hd, E);
+    be->gelu_bwd(be, w->bz, a->z, w->bu, (size_t)R * Hd);
+    linear_bwd(be, w->bh, dmp(s, G, i, DM_FC1W), dmp(s, G, i, DM_FC1B), w->bz, a->h2,
+               dmp(s, P, i, DM_FC1W), R, E, Hd);
+    be->copy(be, w->bx1, d, RE);
+    be->layernorm_bwd(be, w->bx1, dmp(s, G, i, DM_LN2W), dmp(s, G, i, DM_LN2B), w->bh, a->x1,
+                      dmp(s, P, i, DM_LN2W), a->m2, a->r2, R, E);
+    /* x1 = x + fc(sample(h1, offset(dwconv(h1)))) */
+    linear_bwd(be, w->bs, dmp(s, G, i, DM_FCW), dmp(s, G, i, DM_FCB), w->bx1, a->smp,
+               dmp(s, P, i, DM_FCW), R, E, E);
+    be->deform_sample_bwd(be, w->bh, w->bom, w->bs, a->h1, a->om, M, w->g, w->g, E,
+                          w->g / 4.0f);
+    linear_bwd(be, w->bs, dmp(s, G, i, DM_OFFW), dmp(s, G, i, DM_OFFB), w->bom, a->d,
+               dmp(s, P, i, DM_OFFW), R, E, 3);
+    be->dwconv3_bwd(be, w->bh2, dmp(s, G, i, DM_DWW), dmp(s, G, i, DM_DWB), w->bs, a->h1,
+                    dmp(s, P, i, DM_DWW), M, w->g, w->g, E);
+    be->axpy(be, w->bh, 1.0f, w->bh2, RE);
+    be->copy(be, d, w->bx1, RE);
+    be->layernorm_bwd(be, d, dmp(s, G, i, DM_LN1W), dmp(s, G, i, DM_LN1B), w->bh, a->xin,
+                      dmp(s, P, i, DM_LN1W), a->m1, a->r1, R, E);
+}
+
 /* Forward of n tiles [n, C, S, S] (host) at size S2: logits [2B, S2, S2, K]. */
 static seg_ws *forward(seg_model *s, const float *img, int n, int S, int S2, gd_err *err)
 {
@@ -546,12 +741,16 @@ static seg_ws *forward(seg_model *s, const float *img, int n, int S, int S2, gd_
     if (dino_trainer_tokens(w->t, s->c.role, vp, s->c.levels, L, w->tok, err))
         return NULL;
     const float *bb = dino_trainer_buffer(w->t, s->c.role);
+    int N = s->c.head == SEG_HEAD_DMLP ? s->c.dmlp_blocks : 0;
+    float *sum = N ? w->blk[0].xin : w->fused;
     for (int l = 0; l < L; l++) {
         be->layernorm_fwd(be, w->nrm[l], w->ln_m[l], w->ln_r[l], w->tok[l], bb + s->norm_w,
                           bb + s->norm_b, R, D, m->ln_eps);
-        linear_acc(be, w->fused, w->nrm[l], dparam(s, s->P, 2 * l), dparam(s, s->P, 2 * l + 1), R,
-                   D, E, l ? 1.0f : 0.0f);
+        linear_acc(be, sum, w->nrm[l], dparam(s, s->P, 2 * l), dparam(s, s->P, 2 * l + 1), R, D,
+                   E, l ? 1.0f : 0.0f);
     }
+    for (int i = 0; i < N; i++)
+        dmlp_forward(s, w, i, i + 1 < N ? w->blk[i + 1].xin : w->fused);
     linear_acc(be, w->logit_t, w->fused, dparam(s, s->P, 2 * L), dparam(s, s->P, 2 * L + 1), R, E,
                K, 0.0f);
     be->bilinear_fwd(be, w->logit, w->logit_t, 2 * s->B, w->g, w->g, S2, S2, K);
@@ -574,6 +773,8 @@ static void backward(seg_model *s, seg_ws *w, bool proto)
              w->dfused, E, 0, 1);
     if (proto)
         be->axpy(be, w->dfused, 1.0f, w->dproto, (size_t)R * E);
+    for (int i = (s->c.head == SEG_HEAD_DMLP ? s->c.dmlp_blocks : 0) - 1; i >= 0; i--)
+        dmlp_backward(s, w, i, w->dfused); /* dfused becomes d(level sum) */
     for (int l = 0; l < L; l++) {
         be->gemm(be, true, false, E, D, R, 1.0f, w->dfused, E, 0, w->nrm[l], D, 0, 1.0f,
                  G + s->dtab[2 * l].off, D, 0, 1);

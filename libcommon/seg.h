@@ -18,9 +18,25 @@
  *   tensors  backbone/<path>   the backbone part of the chosen DINO role
  *            decoder/proj/<l>/weight [E, D], decoder/proj/<l>/bias [E]
  *            decoder/pred/weight [K, E], decoder/pred/bias [K]   (<f4)
+ *            with the dmlp head, per block i (E channels, hidden 4E):
+ *            decoder/dmlp/<i>/ln1/{weight,bias} [E], dw/weight [E, 9],
+ *            dw/bias [E], offset/weight [3, E], offset/bias [3],
+ *            fc/weight [E, E], fc/bias [E], ln2/{weight,bias} [E],
+ *            fc1/weight [4E, E], fc1/bias [4E], fc2/weight [E, 4E],
+ *            fc2/bias [E]
  *   meta     tool, version, config + stats (dino-step's run config),
  *            seg (map: levels, emb_chans, num_classes, which, ignore_index,
- *            step), and what the tool adds. */
+ *            step, head "plain"|"dmlp", dmlp_blocks), and what the tool
+ *            adds.  A checkpoint without seg/head is plain.
+ *
+ * The dmlp head (Trans4PASS's deformable MLP block, simplified; LayerNorm
+ * eps 1e-6), on each map [g, g, E] of the fused features x:
+ *   h  = LN1(x)
+ *   om = offset(dwconv3x3(h))          [g, g, 3]: dy, dx, modulation
+ *   x1 = x + fc(deform_sample(h, om))  offsets clamped to +-g/4, m = 2 sigmoid
+ *   y  = x1 + fc2(GELU(fc1(LN2(x1))))
+ * The offset layer starts at zero (sampling at the position itself, m = 1).
+ * The features of the prototypes are the last block's output. */
 #ifndef GD_SEG_H
 #define GD_SEG_H
 
@@ -37,11 +53,24 @@
 #define SEG_MAX_LEVELS 16
 #define SEG_MAX_CLASSES 254
 
+#define SEG_MAX_DMLP_BLOCKS 16
+#define SEG_DMLP_MLP_RATIO 4
+
+/* The decoder head: the plain one, or deformable MLP blocks on the fused
+ * map before the prediction layer (Trans4PASS's DMLP). */
+typedef enum { SEG_HEAD_PLAIN = 0, SEG_HEAD_DMLP = 1 } seg_head;
+
 typedef struct seg_cfg {
     int levels[SEG_MAX_LEVELS], nlevels; /* 1-based block numbers */
     int emb_chans, num_classes;
     dino_role role;                      /* DINO_TEACHER or DINO_STUDENT */
+    seg_head head;
+    int dmlp_blocks;                     /* with SEG_HEAD_DMLP: 1..SEG_MAX_DMLP_BLOCKS */
 } seg_cfg;
+
+/* "plain" or "dmlp" */
+const char *seg_head_name(seg_head h);
+int seg_parse_head(const char *name, seg_head *h, gd_err *err);
 
 /* Parses "3,6,9,12" into c->levels; every level must be in 1..depth. */
 int seg_parse_levels(seg_cfg *c, const char *spec, int depth, gd_err *err);

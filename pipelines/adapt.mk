@@ -22,6 +22,7 @@
 #   RUN/log/*.jsonl             per-iteration losses
 #
 # FINETUNE=1 trains the backbone too (mpa-adapt --finetune).
+# HEAD=dmlp (DMLP_BLOCKS=2) gives the decoder deformable MLP blocks.
 # Every model is written atomically, so an interrupted run resumes where it
 # stopped.  Targets: all (default), clean-run (removes RUN).
 
@@ -54,6 +55,8 @@ LAMBDA       ?= 0.001
 BANK_EVERY   ?= 100
 BANK_MOM     ?= 0.999
 FINETUNE     ?=
+HEAD         ?=
+DMLP_BLOCKS  ?=
 
 COMMON := --batch-size $(BATCH) --quiet
 TRAIN  := $(COMMON) --seed $(SEED) --lr $(LR) $(if $(FINETUNE),--finetune)
@@ -66,7 +69,8 @@ all: $(RUN)/summary.json
 $(RUN)/source.mpt: $(CKPT) $(DATA)/src-train.txt
 	@mkdir -p $(RUN)/log
 	$(MPA) train-source --ckpt $(CKPT) --num-classes $(K) $(if $(LEVELS),--levels $(LEVELS)) \
-	    --emb-chans $(EMB) --list $(DATA)/src-train.txt --steps $(SRC_STEPS) $(TRAIN) \
+	    --emb-chans $(EMB) $(if $(HEAD),--head $(HEAD)) $(if $(DMLP_BLOCKS),--dmlp-blocks $(DMLP_BLOCKS)) \
+	    --list $(DATA)/src-train.txt --steps $(SRC_STEPS) $(TRAIN) \
 	    --log $(RUN)/log/source.jsonl -o $@
 
 $(RUN)/pl/list.txt: $(RUN)/source.mpt $(DATA)/tgt-train-images.txt

@@ -31,9 +31,9 @@
 typedef struct options {
     const char *cmd;
     const char *ckpt, *model, *list, *samples, *source, *target, *protos, *out, *out_dir, *log,
-        *bank_out, *levels, *class_weights, *device, *precision;
+        *bank_out, *levels, *class_weights, *device, *precision, *head;
     bool student, quiet, finetune;
-    int num_classes, emb_chans, batch, bank_every, nscales;
+    int num_classes, emb_chans, batch, bank_every, nscales, dmlp_blocks;
     long steps, save_every;
     double lr, backbone_lr_mult, wd, momentum, max_thresh, lambda_proto, temp, alpha, bank_momentum;
     double scales[MAX_SCALES];
@@ -62,6 +62,9 @@ static void usage(void)
         "      --levels L,L,...     blocks whose patch tokens feed the decoder\n"
         "                           (default 3,6,9,12 scaled to the depth: 1,2,3 for depth 3)\n"
         "      --emb-chans N        decoder channels (128)\n"
+        "      --head plain|dmlp    decoder head (plain); dmlp: deformable MLP blocks on\n"
+        "                           the fused map (train-source with --ckpt)\n"
+        "      --dmlp-blocks N      their number (2)\n"
         "      --num-classes K      classes (train-source with --ckpt)\n"
         "Data (lines \"image label\"; TIFFs, square, a multiple of the patch):\n"
         "      --list FILE          train-source, pseudo-label (image column), eval\n"
@@ -107,7 +110,7 @@ static void parse(int argc, char **argv, options *o)
     enum { O_CKPT = 256, O_MODEL, O_STUDENT, O_FREEZE, O_LEVELS, O_EMB, O_K, O_LIST, O_SAMPLES,
            O_SOURCE, O_TARGET, O_STEPS, O_BATCH, O_OPTIM, O_LR, O_WD, O_MOM, O_CW, O_SEED, O_LOG,
            O_SAVE, O_SCALES, O_MAXT, O_OUTDIR, O_PROTOS, O_LAMBDA, O_TEMP, O_ALPHA, O_BEVERY,
-           O_BMOM, O_BOUT, O_DEVICE, O_PREC, O_FINETUNE, O_BBLR };
+           O_BMOM, O_BOUT, O_DEVICE, O_PREC, O_FINETUNE, O_BBLR, O_HEAD, O_DMLP };
     static const struct option longs[] = {
         {"ckpt", 1, 0, O_CKPT},           {"model", 1, 0, O_MODEL},
         {"student", 0, 0, O_STUDENT},     {"freeze-backbone", 0, 0, O_FREEZE},
@@ -126,7 +129,8 @@ static void parse(int argc, char **argv, options *o)
         {"bank-every", 1, 0, O_BEVERY},   {"bank-momentum", 1, 0, O_BMOM},
         {"bank-out", 1, 0, O_BOUT},       {"device", 1, 0, O_DEVICE},
         {"finetune", 0, 0, O_FINETUNE},   {"backbone-lr-mult", 1, 0, O_BBLR},
-        {"precision", 1, 0, O_PREC},
+        {"precision", 1, 0, O_PREC},      {"head", 1, 0, O_HEAD},
+        {"dmlp-blocks", 1, 0, O_DMLP},
         {"output", 1, 0, 'o'},            {"quiet", 0, 0, 'q'},
         {"help", 0, 0, 'h'},              {"version", 0, 0, 'V'},
         {0, 0, 0, 0}};
@@ -147,6 +151,10 @@ static void parse(int argc, char **argv, options *o)
         case O_BBLR: o->backbone_lr_mult = cli_double("--backbone-lr-mult", optarg, 0, 1e6); break;
         case O_LEVELS: o->levels = optarg; break;
         case O_EMB: o->emb_chans = (int)cli_long("--emb-chans", optarg, 1, 4096); break;
+        case O_HEAD: o->head = optarg; break;
+        case O_DMLP:
+            o->dmlp_blocks = (int)cli_long("--dmlp-blocks", optarg, 1, SEG_MAX_DMLP_BLOCKS);
+            break;
         case O_K:
             o->num_classes = (int)cli_long("--num-classes", optarg, 1, SEG_MAX_CLASSES);
             break;
@@ -197,6 +205,11 @@ static void parse(int argc, char **argv, options *o)
     gd_err err;
     if (gd_backend_check_names(o->device, o->precision, &err))
         cli_usage("%s", err.msg);
+    seg_head h = SEG_HEAD_PLAIN;
+    if (o->head && seg_parse_head(o->head, &h, &err))
+        cli_usage("--head: %s", err.msg);
+    if (o->dmlp_blocks && h != SEG_HEAD_DMLP)
+        cli_usage("--dmlp-blocks needs --head dmlp");
 }
 
 /* The backend by name (backend.h): bad names are usage errors (checked
@@ -231,6 +244,24 @@ static void default_levels(seg_cfg *c, int depth)
     }
 }
 
+/* The head a loaded model has must be the one --head and --dmlp-blocks
+ * ask for, when they ask. */
+static void check_head(const options *o, const seg_cfg *c)
+{
+    seg_head want = c->head;
+    if (o->head && seg_parse_head(o->head, &want, NULL))
+        return; /* parse() has refused it */
+    bool blocks_differ = o->dmlp_blocks && o->dmlp_blocks != c->dmlp_blocks;
+    if (want != c->head || blocks_differ) {
+        char have[64] = "a plain head";
+        if (c->head == SEG_HEAD_DMLP)
+            snprintf(have, sizeof have, "a dmlp head (%d block%s)", c->dmlp_blocks,
+                     c->dmlp_blocks == 1 ? "" : "s");
+        cli_fail("%s: the model has %s; --head %s%s asks for another", o->model, have,
+                 o->head ? o->head : seg_head_name(c->head), blocks_differ ? " --dmlp-blocks" : "");
+    }
+}
+
 static seg_model *open_model(const options *o, bool allow_ckpt)
 {
     gd_backend *be = pick_device(o);
@@ -243,6 +274,7 @@ static seg_model *open_model(const options *o, bool allow_ckpt)
         if (!s)
             cli_fail("%s: %s", o->model, err.msg);
         msg_free(m);
+        check_head(o, seg_model_cfg(s));
         return s;
     }
     if (!allow_ckpt || !o->ckpt)
@@ -258,6 +290,10 @@ static seg_model *open_model(const options *o, bool allow_ckpt)
         cli_fail("%s: %s", o->ckpt, err.msg);
     seg_cfg c = {.emb_chans = o->emb_chans, .num_classes = o->num_classes,
                  .role = o->student ? DINO_STUDENT : DINO_TEACHER};
+    if (o->head && seg_parse_head(o->head, &c.head, &err))
+        cli_usage("--head: %s", err.msg);
+    if (c.head == SEG_HEAD_DMLP)
+        c.dmlp_blocks = o->dmlp_blocks ? o->dmlp_blocks : 2;
     if (o->levels) {
         if (seg_parse_levels(&c, o->levels, rc.model.depth, &err))
             cli_usage("%s", err.msg);

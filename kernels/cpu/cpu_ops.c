@@ -11,6 +11,7 @@
 #include "cubic.h"
 #include "ops.h"
 #include "seg_ops.h"
+#include "dmlp_ops.h"
 
 /* Loops shorter than this stay on one thread: forking costs more. */
 #define PAR_MIN 32768
@@ -715,6 +716,11 @@ static gd_backend cpu_backend = {
     .seg_ce = cpu_seg_ce,
     .proto_loss = cpu_proto_loss,
     .class_sums = cpu_class_sums,
+    /* deformable MLP: kernels/cpu/dmlp_ops.c */
+    .dwconv3_fwd = cpu_dwconv3_fwd,
+    .dwconv3_bwd = cpu_dwconv3_bwd,
+    .deform_sample_fwd = cpu_deform_sample_fwd,
+    .deform_sample_bwd = cpu_deform_sample_bwd,
 };
 
 gd_backend *gd_backend_cpu(void)

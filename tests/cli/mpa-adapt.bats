@@ -357,3 +357,75 @@ open(sys.argv[1], "wb").write(msgpack.packb({"v": 1, "kind": "prototypes", "meta
     assert_success
     assert_output --partial "Nothing to be done"
 }
+
+@test "--head dmlp: train-source writes its blocks and meta, eval, prototypes and a resume read it" {
+    run "$BIN/mpa-adapt" train-source --ckpt "$D/dino.mpt" --num-classes 3 --head dmlp --dmlp-blocks 2 \
+        --list "$D/data/src-train.txt" --steps 3 --batch-size 4 --emb-chans 8 --log "$TMP/log.jsonl" \
+        -q -o "$TMP/dm.mpt"
+    assert_success
+    run show "$TMP/dm.mpt"
+    assert_line "decoder/dmlp/0/dw/weight <f4 [8, 9]"
+    assert_line "decoder/dmlp/1/offset/weight <f4 [3, 8]"
+    assert_line "decoder/dmlp/1/fc1/weight <f4 [32, 8]"
+    assert_line "decoder/dmlp/1/fc2/weight <f4 [8, 32]"
+    assert_line "decoder/pred/weight <f4 [3, 8]"
+    refute_line --partial "decoder/dmlp/2/"
+    assert_output --partial '"head": "dmlp"'
+    assert_output --partial '"dmlp_blocks": 2'
+    run "$BIN/mpa-adapt" eval --model "$TMP/dm.mpt" --list "$D/data/tgt-test.txt" -q
+    assert_success
+    run $PY -c 'import json,sys; r = json.loads(sys.argv[1]); \
+        assert r["tiles"] == 6 and 0 <= r["miou"] <= 1; print("ok")' "$output"
+    assert_output "ok"
+    run "$BIN/mpa-adapt" prototypes --model "$TMP/dm.mpt" --source "$D/data/src-train.txt" \
+        --target "$D/data/src-train.txt" -q -o "$TMP/p.mpt"
+    assert_success
+    run "$BIN/mpa-adapt" train-source --model "$TMP/dm.mpt" --list "$D/data/src-train.txt" --steps 1 \
+        --batch-size 4 -q -o "$TMP/dm2.mpt"
+    assert_success
+    run show "$TMP/dm2.mpt"
+    assert_output --partial '"head": "dmlp"'
+    # the same bytes on 1 and 2 threads, at a size where the ops run in parallel
+    for th in 1 2; do
+        OMP_NUM_THREADS=$th "$BIN/mpa-adapt" train-source --ckpt "$D/dino.mpt" --num-classes 3 \
+            --head dmlp --list "$D/data/src-train.txt" --steps 2 --batch-size 8 -q -o "$TMP/t$th.mpt"
+    done
+    cmp "$TMP/t1.mpt" "$TMP/t2.mpt"
+    # the plain model of setup_file records its head too
+    run show "$D/seg.mpt"
+    assert_output --partial '"head": "plain"'
+    refute_output --partial "decoder/dmlp/"
+}
+
+@test "--head: bad combinations and a head that is not the model's are refused" {
+    run "$BIN/mpa-adapt" train-source --ckpt "$D/dino.mpt" --num-classes 3 --dmlp-blocks 2 \
+        --list "$D/data/src-train.txt" -o "$TMP/x.mpt"
+    assert_failure 2
+    assert_output --partial "--dmlp-blocks needs --head dmlp"
+    run "$BIN/mpa-adapt" train-source --ckpt "$D/dino.mpt" --num-classes 3 --head mlp \
+        --list "$D/data/src-train.txt" -o "$TMP/x.mpt"
+    assert_failure 2
+    assert_output --partial "head 'mlp' is not plain or dmlp"
+    run "$BIN/mpa-adapt" train-source --ckpt "$D/dino.mpt" --num-classes 3 --head dmlp --dmlp-blocks 0 \
+        --list "$D/data/src-train.txt" -o "$TMP/x.mpt"
+    assert_failure 2
+    "$BIN/mpa-adapt" train-source --ckpt "$D/dino.mpt" --num-classes 3 --head dmlp --dmlp-blocks 1 \
+        --list "$D/data/src-train.txt" --steps 1 --batch-size 4 --emb-chans 8 -q -o "$TMP/dm.mpt"
+    run "$BIN/mpa-adapt" eval --model "$TMP/dm.mpt" --head plain --list "$D/data/tgt-test.txt" -q
+    assert_failure 1
+    assert_output --partial "the model has a dmlp head (1 block); --head plain asks for another"
+    run "$BIN/mpa-adapt" eval --model "$D/seg.mpt" --head dmlp --list "$D/data/tgt-test.txt" -q
+    assert_failure 1
+    assert_output --partial "the model has a plain head"
+    # dmlp tensors under a meta that says plain
+    $PY - "$TMP/dm.mpt" "$TMP/lie.mpt" <<'PY'
+import sys, msgpack
+m = msgpack.unpackb(open(sys.argv[1], "rb").read(), raw=False)
+m["meta"]["seg"]["head"] = "plain"
+open(sys.argv[2], "wb").write(msgpack.packb(m, use_bin_type=True))
+PY
+    run "$BIN/mpa-adapt" eval --model "$TMP/lie.mpt" --list "$D/data/tgt-test.txt" -q
+    assert_failure 1
+    assert_output --partial 'tensor "decoder/dmlp/0/ln1/weight" belongs to a dmlp head'
+    [ ! -e "$TMP/x.mpt" ]
+}

@@ -8,25 +8,11 @@
 #include "ops.h"
 #include "rng.h"
 #include "seg.h"
+#include "seg_fixture.h"
 #include "test.h"
 #include "trainer.h"
 
 static gd_backend *be(void) { return gd_backend_cpu(); }
-
-static float *dev_of(const float *h, size_t n)
-{
-    float *d = be()->alloc(be(), n, NULL);
-    be()->upload(be(), d, h, n, NULL);
-    return d;
-}
-
-static void host_from(float *h, const float *d, size_t n) { be()->download(be(), h, d, n, NULL); }
-
-static void fill_normal(rng *r, float *x, size_t n, double sd)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)(rng_normal(r) * sd);
-}
 
 /* ---- bilinear ------------------------------------------------------------- */
 
@@ -38,13 +24,13 @@ TEST(seg_bilinear_matches_torch_values)
                                  3.1f, 3.5f, 3.0f, 3.4f, 4.0f, 4.6f, 5.0f};
     static const float down[2] = {1.75f, 3.25f};
     float x[6] = {0, 1, 2, 3, 4, 5}, y[15];
-    float *dx = dev_of(x, 6), *dy = be()->alloc(be(), 15, NULL);
+    float *dx = tu_dev_of(x, 6), *dy = be()->alloc(be(), 15, NULL);
     be()->bilinear_fwd(be(), dy, dx, 1, 2, 3, 3, 5, 1);
-    host_from(y, dy, 15);
+    tu_host_from(y, dy, 15);
     for (int i = 0; i < 15; i++)
         CHECK_NEAR(y[i], up[i], 1e-6);
     be()->bilinear_fwd(be(), dy, dx, 1, 2, 3, 1, 2, 1);
-    host_from(y, dy, 2);
+    tu_host_from(y, dy, 2);
     CHECK_NEAR(y[0], down[0], 1e-6);
     CHECK_NEAR(y[1], down[1], 1e-6);
     be()->release(be(), dx), be()->release(be(), dy);
@@ -61,15 +47,15 @@ TEST(seg_bilinear_backward_is_the_adjoint)
             W = shapes[s][4], C = shapes[s][5];
         size_t ni = (size_t)B * h * w * C, no = (size_t)B * H * W * C;
         float *x = malloc(ni * 4), *g = malloc(no * 4), *y = malloc(no * 4), *dx = malloc(ni * 4);
-        fill_normal(&r, x, ni, 1);
-        fill_normal(&r, g, no, 1);
-        float *Dx = dev_of(x, ni), *Dg = dev_of(g, no), *Dy = be()->alloc(be(), no, NULL);
+        tu_fill_normal(&r, x, ni, 1);
+        tu_fill_normal(&r, g, no, 1);
+        float *Dx = tu_dev_of(x, ni), *Dg = tu_dev_of(g, no), *Dy = be()->alloc(be(), no, NULL);
         float *Ddx = be()->alloc(be(), ni, NULL);
         be()->fill(be(), Ddx, 7.0f, ni); /* overwritten, not accumulated */
         be()->bilinear_fwd(be(), Dy, Dx, B, h, w, H, W, C);
         be()->bilinear_bwd(be(), Ddx, Dg, B, h, w, H, W, C);
-        host_from(y, Dy, no);
-        host_from(dx, Ddx, ni);
+        tu_host_from(y, Dy, no);
+        tu_host_from(dx, Ddx, ni);
         double a = 0, b = 0;
         for (size_t i = 0; i < ni; i++)
             a += (double)dx[i] * x[i];
@@ -110,17 +96,17 @@ TEST(seg_ce_ignore_weights_forward_and_gradient)
     enum { R = 9, K = 4 };
     float x[R * K], g[R * K], loss[2];
     float lab[R] = {0, 3, 255, 1, 2, 255, 3, 0, 1}, w[K] = {0.5f, 2.0f, 1.0f, 1.5f};
-    fill_normal(&r, x, R * K, 2);
+    tu_fill_normal(&r, x, R * K, 2);
     double xd[R * K];
     for (int i = 0; i < R * K; i++)
         xd[i] = x[i];
     for (int wi = 0; wi < 2; wi++) {
         const float *wp = wi ? w : NULL;
-        float *Dx = dev_of(x, R * K), *Dl = dev_of(lab, R), *Dw = dev_of(w, K);
+        float *Dx = tu_dev_of(x, R * K), *Dl = tu_dev_of(lab, R), *Dw = tu_dev_of(w, K);
         float *Dg = be()->alloc(be(), R * K, NULL), *Dloss = be()->alloc(be(), 2, NULL);
         be()->seg_ce(be(), Dloss, Dg, Dx, Dl, wp ? Dw : NULL, R, K, 0.5f);
-        host_from(loss, Dloss, 2);
-        host_from(g, Dg, R * K);
+        tu_host_from(loss, Dloss, 2);
+        tu_host_from(g, Dg, R * K);
         CHECK_NEAR(loss[0], ref_ce(xd, lab, wp, R, K), 1e-6);
         CHECK_NEAR(loss[1], wp ? 0.5 + 1.5 + 2 + 1 + 1.5 + 0.5 + 2 : 7, 1e-6);
         for (int i = 0; i < R * K; i++) {
@@ -185,8 +171,8 @@ TEST(seg_proto_loss_forward_and_finite_differences)
     enum { R = 6, D = 8, K = 3 };
     float f[R * D], p[K * D], g[R * D], loss[2], lab[R] = {2, 255, 0, 1, 2, 255};
     double fd[R * D], pdd[K * D];
-    fill_normal(&r, f, R * D, 3);
-    fill_normal(&r, p, K * D, 3);
+    tu_fill_normal(&r, f, R * D, 3);
+    tu_fill_normal(&r, p, K * D, 3);
     for (int i = 0; i < R * D; i++)
         fd[i] = f[i];
     for (int i = 0; i < K * D; i++)
@@ -195,11 +181,11 @@ TEST(seg_proto_loss_forward_and_finite_differences)
     double temps[2] = {20, 2};
     for (int ti = 0; ti < 2; ti++) {
         double T = temps[ti];
-        float *Df = dev_of(f, R * D), *Dp = dev_of(p, K * D), *Dl = dev_of(lab, R);
+        float *Df = tu_dev_of(f, R * D), *Dp = tu_dev_of(p, K * D), *Dl = tu_dev_of(lab, R);
         float *Dg = be()->alloc(be(), R * D, NULL), *Dloss = be()->alloc(be(), 2, NULL);
         be()->proto_loss(be(), Dloss, Dg, Df, Dp, Dl, R, D, K, (float)T, 0.9f, 0.25f);
-        host_from(loss, Dloss, 2);
-        host_from(g, Dg, R * D);
+        tu_host_from(loss, Dloss, 2);
+        tu_host_from(g, Dg, R * D);
         CHECK_NEAR(loss[0], ref_proto(fd, pdd, lab, R, D, K, T, 0.9), 1e-5);
         CHECK(loss[1] == 4);
         for (int i = 0; i < R * D; i++) {
@@ -222,12 +208,12 @@ TEST(seg_class_sums_by_hand)
     /* rows (D = 2) with labels 1, 0, 1, ignore, 1 */
     float f[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, lab[5] = {1, 0, 1, 255, 1};
     float sums[6], counts[3];
-    float *Df = dev_of(f, 10), *Dl = dev_of(lab, 5);
+    float *Df = tu_dev_of(f, 10), *Dl = tu_dev_of(lab, 5);
     float *Ds = be()->alloc(be(), 6, NULL), *Dc = be()->alloc(be(), 3, NULL);
     be()->fill(be(), Ds, 1.0f, 6); /* accumulates */
     be()->class_sums(be(), Ds, Dc, Df, Dl, 5, 2, 3);
-    host_from(sums, Ds, 6);
-    host_from(counts, Dc, 3);
+    tu_host_from(sums, Ds, 6);
+    tu_host_from(counts, Dc, 3);
     float want[6] = {1 + 3, 1 + 4, 1 + 1 + 5 + 9, 1 + 2 + 6 + 10, 1, 1};
     for (int i = 0; i < 6; i++)
         CHECK_NEAR(sums[i], want[i], 0);
@@ -238,29 +224,9 @@ TEST(seg_class_sums_by_hand)
 
 /* ---- the model: decoder + bilinear backward against finite differences ---------- */
 
-static msg *tiny_checkpoint(int depth)
-{
-    run_config c;
-    run_config_defaults(&c);
-    dino_model_preset(&c.model, "vit_tiny", 4, 2);
-    snprintf(c.arch, sizeof c.arch, "vit_tiny");
-    c.model.img_size = 8, c.model.depth = depth, c.model.embed_dim = 8, c.model.num_heads = 2;
-    c.model.out_dim = 8, c.model.hidden_dim = 8, c.model.bottleneck_dim = 4;
-    c.batch_size = 1, c.local_crops_number = 0, c.train.niter_per_epoch = 3;
-    gd_err err;
-    batch_shape s = {.B = 1, .G = 2, .C = 2, .H = 8};
-    dino_trainer *t = run_trainer_new(be(), &c, &s, &err);
-    if (!t || dino_trainer_init(t, 5, &err))
-        return NULL;
-    msg *m = checkpoint_build(t, &c, 0, &err);
-    dino_trainer_free(t);
-    run_config_free(&c);
-    return m;
-}
-
 TEST(seg_model_decoder_gradient_matches_finite_differences)
 {
-    msg *ck = tiny_checkpoint(2);
+    msg *ck = tu_tiny_checkpoint(2);
     CHECK(ck);
     gd_err err;
     seg_cfg c = {.levels = {1, 2}, .nlevels = 2, .emb_chans = 5, .num_classes = 3,
@@ -273,8 +239,8 @@ TEST(seg_model_decoder_gradient_matches_finite_differences)
     rng_init(&r, 14, 0, 0, 0);
     float img[N * C * S * S], protos[K * E];
     uint8_t lab[N * S * S];
-    fill_normal(&r, img, N * C * S * S, 1);
-    fill_normal(&r, protos, K * E, 1);
+    tu_fill_normal(&r, img, N * C * S * S, 1);
+    tu_fill_normal(&r, protos, K * E, 1);
     for (int i = 0; i < N * S * S; i++)
         lab[i] = rng_below(&r, 5) == 0 ? SEG_IGNORE : (uint8_t)rng_below(&r, K);
     float cw[K] = {1.0f, 0.5f, 2.0f};
@@ -287,23 +253,12 @@ TEST(seg_model_decoder_gradient_matches_finite_differences)
     CHECK_MSG(seg_batch_loss(s, img, lab, N, S, &o, true, &l, &err) == 0, "%s", err.msg);
     CHECK(l.proto > 0 && l.ce > 0);
     float *g = malloc(n * sizeof *g), *p = malloc(n * sizeof *p);
-    host_from(g, G, n);
-    host_from(p, P, n);
+    tu_host_from(g, G, n);
+    tu_host_from(p, P, n);
     /* every 7th float of the decoder (weights and biases of every layer) */
     int checked = 0;
     for (size_t i = 0; i < n; i += 7) {
-        double x0 = p[i], h = 1e-2;
-        double v[2];
-        for (int sgn = 0; sgn < 2; sgn++) {
-            float x = (float)(x0 + (sgn ? -h : h));
-            be()->upload(be(), P + i, &x, 1, NULL);
-            seg_losses lh;
-            CHECK(seg_batch_loss(s, img, lab, N, S, &o, false, &lh, &err) == 0);
-            v[sgn] = lh.ce + o.lambda_proto * lh.proto;
-        }
-        float x = (float)x0;
-        be()->upload(be(), P + i, &x, 1, NULL);
-        double fdv = (v[0] - v[1]) / (2 * h);
+        double fdv = tu_seg_fd(s, P + i, 1e-2, img, lab, N, S, &o);
         CHECK_MSG(fabs(g[i] - fdv) < 2e-3 + 2e-2 * fabs(fdv), "float %zu: %g vs fd %g", i, g[i],
                   fdv);
         checked++;
@@ -315,7 +270,7 @@ TEST(seg_model_decoder_gradient_matches_finite_differences)
 
 TEST(seg_model_saves_and_loads_the_same_predictions)
 {
-    msg *ck = tiny_checkpoint(3);
+    msg *ck = tu_tiny_checkpoint(3);
     CHECK(ck);
     gd_err err;
     seg_cfg c = {.emb_chans = 4, .num_classes = 2, .role = DINO_STUDENT};
@@ -331,7 +286,7 @@ TEST(seg_model_saves_and_loads_the_same_predictions)
     float img[2 * C * S * S], a[2 * S * S * K], b[2 * S * S * K];
     rng r;
     rng_init(&r, 15, 0, 0, 0);
-    fill_normal(&r, img, 2 * C * S * S, 1);
+    tu_fill_normal(&r, img, 2 * C * S * S, 1);
     CHECK(seg_predict(s, img, 2, S, S, a, &err) == 0);
     msg *m = seg_model_save(s, 5, &err);
     CHECK_MSG(m, "%s", err.msg);
@@ -358,7 +313,7 @@ TEST(seg_model_saves_and_loads_the_same_predictions)
  * embedding and the patch embedding) against finite differences. */
 TEST(seg_model_backbone_gradient_matches_finite_differences)
 {
-    msg *ck = tiny_checkpoint(3);
+    msg *ck = tu_tiny_checkpoint(3);
     CHECK(ck);
     gd_err err;
     seg_cfg c = {.levels = {1, 2}, .nlevels = 2, .emb_chans = 5, .num_classes = 3,
@@ -373,8 +328,8 @@ TEST(seg_model_backbone_gradient_matches_finite_differences)
     rng_init(&r, 16, 0, 0, 0);
     float img[N * C * S * S], protos[K * E];
     uint8_t lab[N * S * S];
-    fill_normal(&r, img, N * C * S * S, 1);
-    fill_normal(&r, protos, K * E, 1);
+    tu_fill_normal(&r, img, N * C * S * S, 1);
+    tu_fill_normal(&r, protos, K * E, 1);
     for (int i = 0; i < N * S * S; i++)
         lab[i] = (uint8_t)rng_below(&r, K);
     seg_loss_opts o = {.protos = protos, .lambda_proto = 0.3, .temp = 2, .alpha = 0.9, .weight = 1};
@@ -391,25 +346,15 @@ TEST(seg_model_backbone_gradient_matches_finite_differences)
         size_t n;
         CHECK_MSG(seg_backbone_tensor(s, S, names[t], &P, &G, &n, &err) == 0, "%s", err.msg);
         float *g = malloc(n * sizeof *g), *p = malloc(n * sizeof *p);
-        host_from(g, G, n);
-        host_from(p, P, n);
+        tu_host_from(g, G, n);
+        tu_host_from(p, P, n);
         double gmax = 0;
         for (size_t i = 0; i < n; i++)
             gmax = fmax(gmax, fabs(g[i]));
         CHECK_MSG(gmax > 1e-6 || !strcmp(names[t], "backbone/cls_token"),
                   "%s: no gradient at all", names[t]);
         for (size_t i = 0; i < n; i += 1 + n / 6) {
-            double x0 = p[i], h = 1e-2, v[2];
-            for (int sg = 0; sg < 2; sg++) {
-                float x = (float)(x0 + (sg ? -h : h));
-                be()->upload(be(), P + i, &x, 1, NULL);
-                seg_losses lh;
-                CHECK(seg_batch_loss(s, img, lab, N, S, &o, false, &lh, &err) == 0);
-                v[sg] = lh.ce + o.lambda_proto * lh.proto;
-            }
-            float x = (float)x0;
-            be()->upload(be(), P + i, &x, 1, NULL);
-            double fdv = (v[0] - v[1]) / (2 * h);
+            double fdv = tu_seg_fd(s, P + i, 1e-2, img, lab, N, S, &o);
             CHECK_MSG(fabs(g[i] - fdv) < 2e-3 + 3e-2 * fabs(fdv), "%s[%zu]: %g vs fd %g", names[t],
                       i, g[i], fdv);
         }
@@ -420,9 +365,9 @@ TEST(seg_model_backbone_gradient_matches_finite_differences)
     size_t n;
     CHECK(seg_backbone_tensor(s, S, "backbone/norm/weight", &P, &G, &n, &err) == 0);
     float before, after;
-    host_from(&before, P, 1);
+    tu_host_from(&before, P, 1);
     CHECK(seg_step(s, SEG_ADAMW, 0.01, 0, 0, &err) == 0);
-    host_from(&after, P, 1);
+    tu_host_from(&after, P, 1);
     CHECK(before != after);
     msg *m = seg_model_save(s, 1, &err);
     CHECK(m);
