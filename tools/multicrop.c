@@ -56,7 +56,7 @@ static const char usage_text[] =
     "  --flip-prob P             horizontal flip (0.5)\n"
     "  --ssr-prob P              shift-scale-rotate (dino 0, s2 0.5)\n"
     "  --ssr-shift F --ssr-scale F --ssr-rotate DEG   limits (0.0625 0.1 45)\n"
-    "  --jitter-prob P           per-band brightness/contrast jitter (0.8)\n"
+    "  --jitter-prob P           brightness/contrast jitter (0.8)\n"
     "  --brightness F --contrast F   jitter strengths (0.4 0.4)\n"
     "  --jitter-bands each|all   a factor pair per band, or one for all bands (each)\n"
     "  --collapse-prob G1 G2 L   channel collapse (dino 0.2 0.2 0.2, s2 1 0.2 0.2)\n"
