@@ -155,8 +155,15 @@ void mc_draw_view(const mc_config *cfg, int C, int H, int W, int v, rng *r, mc_v
     int kind = mc_view_kind(cfg, v);
     draw_geometry(cfg, H, W, v, r, info);
     info->jitter = rng_bernoulli(r, cfg->jitter_p);
+    /* shared: one pair for the whole view, so the spectrum keeps its shape
+     * while the view's gain differs from the other views of the sample
+     * (an illumination change); per band it also changes the spectrum */
     if (info->jitter)
         for (int k = 0; k < C; k++) {
+            if (cfg->jitter_shared && k > 0) {
+                b[k] = b[0], c[k] = c[0];
+                continue;
+            }
             b[k] = (float)rng_range(r, 1 - cfg->brightness, 1 + cfg->brightness);
             c[k] = (float)rng_range(r, 1 - cfg->contrast, 1 + cfg->contrast);
         }

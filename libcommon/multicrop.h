@@ -27,6 +27,7 @@ typedef struct mc_config {
     double ssr_p;                 /* shift-scale-rotate */
     double ssr_shift, ssr_scale, ssr_rotate; /* limits: fraction, fraction, degrees */
     double jitter_p, brightness, contrast;
+    bool jitter_shared;           /* one brightness/contrast pair for every band */
     double collapse_p[MC_KINDS];
     double blur_p[MC_KINDS];
     double blur_sigma[2];

@@ -64,13 +64,16 @@ WEIGHT_DECAY  ?= 0.04
 WEIGHT_DECAY_END ?= 0.4
 FREEZE_LAST   ?= 1
 SEED          ?= 0
-# Views: sizes and strengths for tiles of 24-32 pixels.
+# Views: sizes and strengths for tiles of 24-32 pixels.  The brightness/
+# contrast jitter draws one factor pair per view for all bands (an
+# illumination change): per band, it would also scramble the band ratios
+# that land cover lives in (bench/results-learn.md).
 GLOBAL_SIZE   ?= 24
 LOCAL_SIZE    ?= 12
 LOCAL_CROPS   ?= 4
 GLOBAL_SCALE  ?= 0.5 1
 LOCAL_SCALE   ?= 0.2 0.5
-AUG           ?= --collapse-prob 0 0 0 --blur-prob 0.5 0.1 0.2 --blur-sigma 0.1 1 --solarize-prob 0 0 0 --ssr-prob 1 --ssr-rotate 180 --ssr-shift 0.1 --ssr-scale 0
+AUG           ?= --collapse-prob 0 0 0 --blur-prob 0.5 0.1 0.2 --blur-sigma 0.1 1 --solarize-prob 0 0 0 --ssr-prob 1 --ssr-rotate 180 --ssr-shift 0.1 --ssr-scale 0 --jitter-bands all
 INIT_EXTRA    ?=
 # Evaluation.
 KNN_EVERY     ?= 2

@@ -4,7 +4,7 @@
 # tiles (pipelines/l7-landcover.py) through pipelines/dino.mk: tif-stats,
 # multicrop | dino-step train (one checkpoint per epoch), dino-step embed,
 # knn-eval; and the teacher's k-NN accuracy next to the same network at
-# initialisation and the per-band mean/std baseline.  DEMO_EPOCHS (4) sets
+# initialisation and the per-band mean/std baseline.  DEMO_EPOCHS (6) sets
 # the length; a second `make demo` reuses the finished run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +29,9 @@ echo "== land-cover tiles (pipelines/l7-landcover.py)"
 echo "$(wc -l < "$out/l7-tiles/train.txt") train and $(wc -l < "$out/l7-tiles/test.txt") test tiles, 24x24, 6 bands"
 
 run=$out/l7-dino
-echo "== DINO: make -f pipelines/dino.mk DATA=$out/l7-tiles RUN=$run EPOCHS=${DEMO_EPOCHS:-4}"
+echo "== DINO: make -f pipelines/dino.mk DATA=$out/l7-tiles RUN=$run EPOCHS=${DEMO_EPOCHS:-6}"
 t0=$(date +%s)
-make -s -f pipelines/dino.mk DATA="$out/l7-tiles" RUN="$run" EPOCHS="${DEMO_EPOCHS:-4}" KNN_EVERY=1 \
+make -s -f pipelines/dino.mk DATA="$out/l7-tiles" RUN="$run" EPOCHS="${DEMO_EPOCHS:-6}" KNN_EVERY=1 \
     > "$out/l7-dino.log" 2>&1 || { tail -20 "$out/l7-dino.log"; exit 1; }
 echo "done in $(( $(date +%s) - t0 )) s; every command is in $run/commands.sh, e.g. epoch 1:"
 grep -m1 "multicrop" "$run/commands.sh" | sed 's/^/    /' | cut -c1-200 || true

@@ -56,8 +56,9 @@ static const char usage_text[] =
     "  --flip-prob P             horizontal flip (0.5)\n"
     "  --ssr-prob P              shift-scale-rotate (dino 0, s2 0.5)\n"
     "  --ssr-shift F --ssr-scale F --ssr-rotate DEG   limits (0.0625 0.1 45)\n"
-    "  --jitter-prob P           per-band brightness/contrast jitter (0.8)\n"
+    "  --jitter-prob P           brightness/contrast jitter (0.8)\n"
     "  --brightness F --contrast F   jitter strengths (0.4 0.4)\n"
+    "  --jitter-bands each|all   a factor pair per band, or one for all bands (each)\n"
     "  --collapse-prob G1 G2 L   channel collapse (dino 0.2 0.2 0.2, s2 1 0.2 0.2)\n"
     "  --blur-prob G1 G2 L       Gaussian blur (1 0.1 0.5)\n"
     "  --blur-sigma A B          blur sigma range (0.1 2)\n"
@@ -86,8 +87,8 @@ enum {
     O_STATS, O_LIST, O_BANDS, O_SCALE, O_OUTPUT, O_DTYPE, O_BATCH, O_DROP, O_EPOCHS, O_RANK,
     O_WORLD, O_SEED, O_THREADS, O_SKIP, O_PREVIEW, O_PREVIEW_N, O_RGB, O_QUIET, O_PROGRESS,
     O_RECIPE, O_GN, O_GSIZE, O_GSCALE, O_LN, O_LSIZE, O_LSCALE, O_RATIO, O_FLIP, O_SSR,
-    O_SSR_SHIFT, O_SSR_SCALE, O_SSR_ROTATE, O_JITTER, O_BRIGHT, O_CONTRAST, O_COLLAPSE, O_BLUR,
-    O_SIGMA, O_SOLAR, O_SOLAR_T, O_INTERP, O_HELP, O_VERSION
+    O_SSR_SHIFT, O_SSR_SCALE, O_SSR_ROTATE, O_JITTER, O_BRIGHT, O_CONTRAST, O_JITTER_BANDS,
+    O_COLLAPSE, O_BLUR, O_SIGMA, O_SOLAR, O_SOLAR_T, O_INTERP, O_HELP, O_VERSION
 };
 
 typedef struct optdef {
@@ -109,6 +110,7 @@ static const optdef optdefs[] = {
     {"ssr-shift", O_SSR_SHIFT, 1}, {"ssr-scale", O_SSR_SCALE, 1},
     {"ssr-rotate", O_SSR_ROTATE, 1}, {"jitter-prob", O_JITTER, 1},
     {"brightness", O_BRIGHT, 1}, {"contrast", O_CONTRAST, 1},
+    {"jitter-bands", O_JITTER_BANDS, 1},
     {"collapse-prob", O_COLLAPSE, 3}, {"blur-prob", O_BLUR, 3}, {"blur-sigma", O_SIGMA, 2},
     {"solarize-prob", O_SOLAR, 3}, {"solarize-threshold", O_SOLAR_T, 1},
     {"interp", O_INTERP, 1}, {"help", O_HELP, 0}, {"version", O_VERSION, 0},
@@ -185,6 +187,11 @@ static void apply_view_opt(opts *o, int id, const char *on, const char **v)
     case O_JITTER: c->jitter_p = cli_double(on, v[0], 0, 1); break;
     case O_BRIGHT: c->brightness = cli_double(on, v[0], 0, 0.99); break;
     case O_CONTRAST: c->contrast = cli_double(on, v[0], 0, 0.99); break;
+    case O_JITTER_BANDS:
+        if (strcmp(v[0], "each") != 0 && strcmp(v[0], "all") != 0)
+            cli_usage("--jitter-bands: '%s' is not each or all", v[0]);
+        c->jitter_shared = strcmp(v[0], "all") == 0;
+        break;
     case O_COLLAPSE: set_probs(on, v, c->collapse_p); break;
     case O_BLUR: set_probs(on, v, c->blur_p); break;
     case O_SIGMA: set_pair(on, v, c->blur_sigma, 0.01, 5); break;

@@ -25,7 +25,7 @@ copies() {
     assert_success
     for o in --stats --list --bands --scale --output --dtype --batch-size --epochs --rank --world \
              --seed --threads --skip-bad --preview --rgb-bands --recipe --global-crops-scale \
-             --local-crops-number --ssr-prob --solarize-threshold --blur-prob; do
+             --local-crops-number --ssr-prob --solarize-threshold --blur-prob --jitter-bands; do
         assert_output --partial -- "$o"
     done
     run "$BIN/multicrop" --version
@@ -296,6 +296,34 @@ open('$TMP/tiny.mpt', 'wb').write(msgpack.packb({'v': 1, 'kind': 'stats', 'meta'
     run "$BIN/multicrop" --stats "$TMP/stats.mpt" --skip-bad "$TMP/s2.tif" "$TMP/missing.tif"
     assert_failure 1
     assert_output --partial "no sample could be read"
+}
+
+@test "multicrop: --jitter-bands all scales every band of a view by one factor; each by its own" {
+    stats_l7 255
+    copies 2
+    # whole-scene views without geometry changes, so that plain and
+    # jittered views differ by the jitter alone
+    GEO=(--global-crops-scale 1 1 --aspect-ratio 1 1 --flip-prob 0 --local-crops-number 0
+         --global-size 32 --collapse-prob 0 0 0 --blur-prob 0 0 0 --solarize-prob 0 0 0 --seed 3)
+    "$BIN/multicrop" --stats "$TMP/stats.mpt" "${GEO[@]}" --jitter-prob 0 -o "$TMP/plain.mpt" "$TMP"/s?.tif
+    for what in "--brightness 0.5 --contrast 0" "--brightness 0 --contrast 0.5"; do
+        "$BIN/multicrop" --stats "$TMP/stats.mpt" "${GEO[@]}" --jitter-prob 1 $what \
+            --jitter-bands all -o "$TMP/all.mpt" "$TMP"/s?.tif
+        "$BIN/multicrop" --stats "$TMP/stats.mpt" "${GEO[@]}" --jitter-prob 1 $what \
+            -o "$TMP/each.mpt" "$TMP"/s?.tif
+        run "$PY" "$MCT" jitter "$TMP/stats.mpt" "$TMP/plain.mpt" "$TMP/all.mpt"
+        assert_success
+        read -r spread moved <<< "$output"
+        # one factor for all bands (to float32 rounding), and not 1
+        "$PY" -c "import sys; sys.exit(not ($spread < 1e-3 and $moved > 0.05))" || fail "all, $what: $output"
+        run "$PY" "$MCT" jitter "$TMP/stats.mpt" "$TMP/plain.mpt" "$TMP/each.mpt"
+        assert_success
+        read -r spread moved <<< "$output"
+        "$PY" -c "import sys; sys.exit(not $spread > 0.05)" || fail "each, $what: $output"
+    done
+    run "$BIN/multicrop" --stats "$TMP/stats.mpt" --jitter-bands some "$TMP/s1.tif"
+    assert_failure 2
+    assert_output --partial "--jitter-bands"
 }
 
 @test "multicrop: bad options are usage errors (exit 2)" {

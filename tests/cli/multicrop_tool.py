@@ -6,6 +6,11 @@
   check OUT.mpt G L C GS LS [B]   shapes and dtypes of every `batch` message
   normcheck OUT.mpt               per-band mean and std of the globals
   dump OUT.mpt                    one line per message: kind epoch index files
+  jitter STATS.mpt PLAIN.mpt JIT.mpt   per view, the spread across bands of the
+                                  brightness factor (contrast 0) or contrast
+                                  factor (brightness 0) that turned the plain
+                                  views into the jittered ones (in reflectance:
+                                  the views un-normalized with the stats)
 """
 import os
 import sys
@@ -94,6 +99,42 @@ def dump(path):
         print(msg["kind"], m["epoch"], m["index"], t["global"][0], " ".join(m["files"]))
 
 
+def read_stats(path):
+    with open(path, "rb") as f:
+        msg = next(msgpack.Unpacker(f, raw=False))
+    get = lambda n: np.frombuffer(msg["tensors"][n]["data"], dtype="<f8")
+    return get("mean"), get("std")
+
+
+def jitter(stats_path, plain, jit):
+    """Max over views of (max - min over bands of the per-band factor)
+    divided by its mean, and the largest factor's distance from 1; for
+    each band the factor is fitted by least squares over its pixels, as
+    brightness (y = b x) or contrast about the band's mean (y - m = c (x - m))
+    whichever fits better; contrast on the pixels the clamp at 0 left."""
+    mean, std = read_stats(stats_path)
+    spread, moved = 0.0, 0.0
+    for (_, a), (_, b) in zip(arrays(plain), arrays(jit)):
+        x = a["global"][1] * std[None, None, :, None, None] + mean[None, None, :, None, None]
+        y = b["global"][1] * std[None, None, :, None, None] + mean[None, None, :, None, None]
+        x = x.reshape(x.shape[0] * x.shape[1], x.shape[2], -1).astype(np.float64)
+        y = y.reshape(x.shape).astype(np.float64)
+        for xv, yv in zip(x, y):
+            f = []
+            for xb, yb in zip(xv, yv):
+                bright = (xb @ yb) / (xb @ xb)
+                ok = yb > 1e-5          # the jitter clamps at 0 (normalizing blurs 0)
+                xc, yc = (xb - xb.mean())[ok], (yb - xb.mean())[ok]
+                contrast = (xc @ yc) / (xc @ xc)
+                rb = np.abs(yb - bright * xb).max()
+                rc = np.abs(yc - contrast * xc).max()
+                f.append(bright if rb <= rc else contrast)
+            f = np.array(f)
+            spread = max(spread, (f.max() - f.min()) / f.mean())
+            moved = max(moved, np.abs(f - 1).max())
+    print("%.6f %.6f" % (spread, moved))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "stats":
@@ -104,3 +145,5 @@ if __name__ == "__main__":
         normcheck(args[0])
     elif cmd == "dump":
         dump(args[0])
+    elif cmd == "jitter":
+        jitter(*args)
