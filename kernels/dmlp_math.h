@@ -8,13 +8,7 @@
 
 #include <math.h>
 
-#ifndef GD_HD
-#ifdef __CUDACC__
-#define GD_HD __host__ __device__
-#else
-#define GD_HD
-#endif
-#endif
+#include "hd.h"
 
 /* The sampling point of one position: four taps (index -1 when outside
  * the map), their weights, and the modulation. */
