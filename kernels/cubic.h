@@ -9,11 +9,7 @@
 #include <math.h>
 #include <stddef.h>
 
-#ifdef __CUDACC__
-#define GD_HD __host__ __device__
-#else
-#define GD_HD
-#endif
+#include "hd.h"
 
 static inline GD_HD void gd_cubic_weights(double t, double w[4])
 {

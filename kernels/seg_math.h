@@ -8,13 +8,7 @@
 #include <math.h>
 #include <stddef.h>
 
-#ifndef GD_HD
-#ifdef __CUDACC__
-#define GD_HD __host__ __device__
-#else
-#define GD_HD
-#endif
-#endif
+#include "hd.h"
 
 /* torch's area_pixel_compute_source_index + upsample_bilinear2d taps
  * (align_corners = False): source coordinate (dst + 0.5) in / out - 0.5

@@ -195,6 +195,8 @@ template <class F> void colsum(cuda_ctx *c, F f, int rows, size_t n, const char 
 
 /* seg_ops.cu: the segmentation ops of ops.h into the table */
 void fill_seg_ops(gd_backend *be);
+/* dmlp_ops.cu: the deformable-MLP ops of ops.h into the table */
+void fill_dmlp_ops(gd_backend *be);
 
 } // namespace gdcu
 

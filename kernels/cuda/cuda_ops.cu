@@ -1220,6 +1220,7 @@ void fill_table(gd_backend *be)
     be->sum = cu_sum;
     be->all_finite = cu_all_finite;
     fill_seg_ops(be); /* seg_ops.cu */
+    fill_dmlp_ops(be); /* dmlp_ops.cu */
     /* ops added to ops.h later stay NULL (calloc) until written here */
 }
 

@@ -181,6 +181,17 @@ double pair_err(gpu_test *t, pair *p)
     return e;
 }
 
+bool pair_cpu_finite(gpu_test *t, pair *p)
+{
+    float *h = malloc((p->n ? p->n : 1) * sizeof(float));
+    gd_err err;
+    bool ok = h && t->be[CPU]->download(t->be[CPU], h, p->dev[CPU], p->n, &err) == 0;
+    for (size_t i = 0; ok && i < p->n; i++)
+        ok = isfinite(h[i]);
+    free(h);
+    return ok;
+}
+
 void note_err(const char *label, double e)
 {
     if (getenv("GD_VERBOSE"))

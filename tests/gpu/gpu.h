@@ -78,6 +78,12 @@ bool pair_close(gpu_test *t, pair *p, double tol, const char *label, const char 
             return;                                                               \
     } while (0)
 
+/* true when every element of the CPU's copy of p is finite: an output the
+ * op overwrites must come out written on the CPU side too, so that a
+ * shape the check gets wrong shows even in the self-test */
+bool pair_cpu_finite(gpu_test *t, pair *p);
+#define CHECK_WRITTEN(t, p, what) CHECK_MSG(pair_cpu_finite((t), (p)), "%s: not all written", what)
+
 /* Relative L2 error of host arrays (the same rules as pair_err). */
 double rel_err(const float *gpu, const float *cpu, size_t n);
 /* With GD_VERBOSE set: " [label err]" on the test's line. */

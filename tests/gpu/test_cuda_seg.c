@@ -15,20 +15,6 @@
 #define SIDES(s) for (int s = 0; s < 2; s++)
 #define BE(s) (t.be[s])
 
-/* true when every element of the CPU's copy of p is finite */
-static bool cpu_finite(gpu_test *t, pair *p)
-{
-    float *h = malloc((p->n ? p->n : 1) * sizeof(float));
-    gd_err err;
-    bool ok = h && t->be[CPU]->download(t->be[CPU], h, p->dev[CPU], p->n, &err) == 0;
-    for (size_t i = 0; ok && i < p->n; i++)
-        ok = isfinite(h[i]);
-    free(h);
-    return ok;
-}
-
-#define CHECK_WRITTEN(t, p, what) CHECK_MSG(cpu_finite((t), (p)), "%s: not all written", what)
-
 /* Labels [rows] as floats: classes in [0, K), about `ignored` of them the
  * ignore index or another value that is not a class (255, -1, K, 1.5,
  * NaN). */
