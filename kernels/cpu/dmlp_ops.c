@@ -11,31 +11,41 @@
 
 #define PAR_MIN 32768
 
-void cpu_dwconv3_fwd(gd_backend *be, float *y, const float *x, const float *w, const float *bias,
-                     int B, int H, int W, int C)
+/* out[b,i,j,c] = init[c] (0 when NULL) + sum over the taps of
+ * w[c,ky,kx] in[b, i + dir (ky - 1), j + dir (kx - 1), c], zero outside the
+ * map: the convolution with dir = 1, its input gradient (the flipped
+ * kernel) with dir = -1. */
+static void dw3_gather(float *out, const float *in, const float *w, const float *init, int dir,
+                       int B, int H, int W, int C)
 {
-    (void)be;
 #pragma omp parallel for collapse(2) if ((size_t)B * H * W * C > PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int i = 0; i < H; i++)
             for (int j = 0; j < W; j++) {
-                float *o = y + (((size_t)b * H + i) * W + j) * C;
+                float *o = out + (((size_t)b * H + i) * W + j) * C;
                 for (int c = 0; c < C; c++)
-                    o[c] = bias[c];
+                    o[c] = init ? init[c] : 0.0f;
                 for (int ky = 0; ky < 3; ky++) {
-                    int ii = i + ky - 1;
+                    int ii = i + dir * (ky - 1);
                     if (ii < 0 || ii >= H)
                         continue;
                     for (int kx = 0; kx < 3; kx++) {
-                        int jj = j + kx - 1;
+                        int jj = j + dir * (kx - 1);
                         if (jj < 0 || jj >= W)
                             continue;
-                        const float *s = x + (((size_t)b * H + ii) * W + jj) * C;
+                        const float *s = in + (((size_t)b * H + ii) * W + jj) * C;
                         for (int c = 0; c < C; c++)
                             o[c] += w[c * 9 + ky * 3 + kx] * s[c];
                     }
                 }
             }
+}
+
+void cpu_dwconv3_fwd(gd_backend *be, float *y, const float *x, const float *w, const float *bias,
+                     int B, int H, int W, int C)
+{
+    (void)be;
+    dw3_gather(y, x, w, bias, 1, B, H, W, C);
 }
 
 /* dx: the same gather with the kernel flipped; dw, dbias: per channel, a
@@ -44,26 +54,7 @@ void cpu_dwconv3_bwd(gd_backend *be, float *dx, float *dw, float *dbias, const f
                      const float *x, const float *w, int B, int H, int W, int C)
 {
     (void)be;
-#pragma omp parallel for collapse(2) if ((size_t)B * H * W * C > PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < H; i++)
-            for (int j = 0; j < W; j++) {
-                float *o = dx + (((size_t)b * H + i) * W + j) * C;
-                memset(o, 0, (size_t)C * sizeof *o);
-                for (int ky = 0; ky < 3; ky++) {
-                    int ii = i - ky + 1; /* the output that read x[i] with tap ky */
-                    if (ii < 0 || ii >= H)
-                        continue;
-                    for (int kx = 0; kx < 3; kx++) {
-                        int jj = j - kx + 1;
-                        if (jj < 0 || jj >= W)
-                            continue;
-                        const float *g = dy + (((size_t)b * H + ii) * W + jj) * C;
-                        for (int c = 0; c < C; c++)
-                            o[c] += w[c * 9 + ky * 3 + kx] * g[c];
-                    }
-                }
-            }
+    dw3_gather(dx, dy, w, NULL, -1, B, H, W, C);
 #pragma omp parallel for if ((size_t)B * H * W * C > PAR_MIN)
     for (int c = 0; c < C; c++) {
         double acc[9] = {0}, ab = 0;
