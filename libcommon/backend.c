@@ -47,6 +47,16 @@ int gd_backend_check_names(const char *device, const char *precision, gd_err *er
     return 0;
 }
 
+const char *gd_backend_default_device(gd_err *err)
+{
+    const char *d = getenv("GEODINO_DEVICE");
+    if (!d || !*d)
+        return "auto";
+    if (strcmp(d, "auto") && strcmp(d, "cpu") && cuda_index(d) < 0)
+        return gd_errf(err, "GEODINO_DEVICE: '%s' is not auto, cpu, cuda or cuda:N", d), NULL;
+    return d;
+}
+
 static gd_backend *open_cpu(const char *precision, gd_err *err)
 {
     if (strcmp(precision, "auto") && strcmp(precision, "fp32"))

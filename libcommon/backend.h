@@ -17,6 +17,12 @@
 #include "err.h"
 #include "ops.h"
 
+/* The device a tool uses when no --device is given: the environment
+ * variable GEODINO_DEVICE when set and not empty (so that a test suite or
+ * a job script can keep every tool on the CPU, or on one GPU, without
+ * editing each command), else "auto".  NULL with the reason in err when
+ * the variable names no known device. */
+const char *gd_backend_default_device(gd_err *err);
 /* Whether the names are valid (a usage error when not): known device and
  * precision, and no reduced precision asked of the CPU. */
 int gd_backend_check_names(const char *device, const char *precision, gd_err *err);

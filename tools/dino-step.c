@@ -661,7 +661,7 @@ static void usage_train(void)
            "  --collapse-check     warn when the teacher output stays uniform or one-hot\n"
            "  --collapse-window N  ... for N steps in a row (default 100)\n"
            "  --device auto|cpu|cuda[:N]  compute backend (auto: CUDA when built and a GPU is\n"
-           "                       present, else the CPU)\n"
+           "                       present, else the CPU; default: $GEODINO_DEVICE or auto)\n"
            "  --precision auto|fp32|tf32|bf16  GEMM operands on the GPU (auto: bf16 where the\n"
            "                       GPU has it); accumulation, weights and optimizer stay fp32\n"
            "  --quiet, --progress  progress line on stderr: never / always (default: terminal)\n"
@@ -681,10 +681,22 @@ static void usage_train(void)
            "  -h, --help, --version\n");
 }
 
+/* --device's default: GEODINO_DEVICE, else auto (backend.h) */
+static const char *default_device(void)
+{
+    gd_err err;
+    const char *d = gd_backend_default_device(&err);
+    if (!d)
+        cli_usage("%s", err.msg);
+    return d;
+}
+
 /* The backend by name (backend.h): bad names are usage errors, a device
  * that cannot be opened a runtime one. */
 static gd_backend *pick_device(const char *d, const char *precision)
 {
+    if (!d)
+        d = default_device();
     gd_err err;
     if (gd_backend_check_names(d, precision, &err))
         cli_usage("%s", err.msg);
@@ -731,7 +743,7 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
     r->comm_timeout = 1800;
     r->collapse_window = 100;
     bool quiet = false, progress = false, resume_set = false;
-    const char *device = "auto", *precision = "auto";
+    const char *device = NULL, *precision = "auto";
     int o;
     while ((o = getopt_long(argc, argv, "h", train_longs, NULL)) != -1) {
         switch (o) {
@@ -784,6 +796,8 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
         cli_usage("--ckpt CKPT.mpt is required (make one with 'dino-step init')");
     if (serve && !*socket_path)
         cli_usage("serve: --socket PATH is required");
+    if (!device)
+        device = default_device();
     gd_err err;
     if (gd_backend_check_names(device, precision, &err))
         cli_usage("%s", err.msg);
@@ -1420,8 +1434,8 @@ static int cmd_embed(int argc, char **argv)
         {"stats", 1, 0, E_STATS}, {"batch-size", 1, 0, E_BS}, {"output", 1, 0, 'o'},
         {"device", 1, 0, E_DEV}, {"precision", 1, 0, E_PREC}, {"avgpool", 0, 0, E_AVG},
         {"help", 0, 0, 'h'}, {"version", 0, 0, E_VERSION}, {0, 0, 0, 0}};
-    const char *ckpt = NULL, *list = NULL, *stats = NULL, *out = "-", *device = "auto",
-               *precision = "auto";
+    const char *ckpt = NULL, *list = NULL, *stats = NULL, *out = "-",
+               *device = NULL, *precision = "auto";
     dino_role role = DINO_TEACHER;
     long bs = 4;
     bool avgpool = false;

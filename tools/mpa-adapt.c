@@ -98,7 +98,8 @@ static void usage(void)
         "  -o, --output FILE        model (train-source, adapt), prototypes, or JSON\n"
         "                           (pseudo-label, eval; default stdout)\n"
         "      --device auto|cpu|cuda[:N]  backend (auto: CUDA when built and a GPU is\n"
-        "                           present, else the CPU)\n"
+        "                           present, else the CPU; default: $GEODINO_DEVICE\n"
+        "                           or auto)\n"
         "      --precision auto|fp32|tf32|bf16  GEMM operands on the GPU (auto)\n"
         "  -q, --quiet              no progress on stderr\n"
         "  -h, --help  -V, --version\n\n"
@@ -138,7 +139,7 @@ static void parse(int argc, char **argv, options *o)
                    .steps = 200, .lr = 1e-3, .backbone_lr_mult = 0.1, .wd = 0.01,
                    .momentum = 0.9, .max_thresh = 0.9,
                    .lambda_proto = 0.001, .temp = 20, .alpha = 0.9, .bank_momentum = 0.999,
-                   .optim = SEG_ADAMW, .device = "auto", .precision = "auto", .nscales = 5,
+                   .optim = SEG_ADAMW, .device = NULL, .precision = "auto", .nscales = 5,
                    .scales = {0.5, 0.75, 1, 1.25, 1.5}};
     int c;
     while ((c = getopt_long(argc, argv, "o:qhV", longs, NULL)) != -1) {
@@ -203,6 +204,8 @@ static void parse(int argc, char **argv, options *o)
     if (optind < argc)
         cli_usage("%s: unexpected argument '%s'", o->cmd, argv[optind]);
     gd_err err;
+    if (!o->device && !(o->device = gd_backend_default_device(&err)))
+        cli_usage("%s", err.msg);
     if (gd_backend_check_names(o->device, o->precision, &err))
         cli_usage("%s", err.msg);
     seg_head h = SEG_HEAD_PLAIN;

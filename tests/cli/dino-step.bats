@@ -350,6 +350,24 @@ PY
     assert_output "2"
 }
 
+@test "GEODINO_DEVICE sets --device's default; --device overrides it; a bad name is a usage error" {
+    batches
+    init -o "$TMP/c.mpt"
+    cp "$TMP/c.mpt" "$TMP/e.mpt"
+    GEODINO_DEVICE=cpu "$BIN/dino-step" train --ckpt "$TMP/e.mpt" "$TMP/b1.mpt"
+    "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --device cpu "$TMP/b1.mpt"
+    cmp "$TMP/c.mpt" "$TMP/e.mpt"
+    run env GEODINO_DEVICE=tpu "$BIN/dino-step" train --ckpt "$TMP/e.mpt" "$TMP/b1.mpt"
+    assert_failure 2
+    assert_output --partial "GEODINO_DEVICE: 'tpu' is not auto, cpu, cuda or cuda:N"
+    run env GEODINO_DEVICE=tpu "$BIN/dino-step" embed --ckpt "$TMP/e.mpt" "$DATA/L7_ETMs.tif"
+    assert_failure 2
+    assert_output --partial "GEODINO_DEVICE: 'tpu'"
+    GEODINO_DEVICE=tpu "$BIN/dino-step" train --ckpt "$TMP/e.mpt" --device cpu "$TMP/b1.mpt"
+    run meta "$TMP/e.mpt" step
+    assert_output "4"
+}
+
 @test "--restart: a new schedule from the weights; --no-resume refuses a trained checkpoint" {
     batches
     init -o "$TMP/c.mpt"

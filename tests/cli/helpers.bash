@@ -9,6 +9,10 @@ ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 BIN=${GEODINO_BIN:-$ROOT/bin}
 DATA=$ROOT/tests/data
 PY=/usr/bin/python3   # Debian's python, which has numpy and msgpack
+# The CLI tests compare against float64 references: keep dino-step and
+# mpa-adapt on the CPU even where a GPU is present (tests/gpu checks the
+# GPU against the CPU, make check-gpu runs it).
+export GEODINO_DEVICE=cpu
 # GDAL must compute statistics, never read them from a stray .aux.xml
 export GDAL_PAM_ENABLED=NO
 

@@ -262,6 +262,10 @@ PY
     run "$BIN/mpa-adapt" eval --model "$D/seg.mpt" --list "$D/data/tgt-test.txt" --device tpu
     assert_failure 2
     assert_output --partial "'tpu' is not auto, cpu, cuda or cuda:N"
+    run env GEODINO_DEVICE=tpu "$BIN/mpa-adapt" eval --model "$D/seg.mpt" \
+        --list "$D/data/tgt-test.txt"
+    assert_failure 2
+    assert_output --partial "GEODINO_DEVICE: 'tpu' is not auto, cpu, cuda or cuda:N"
     run "$BIN/mpa-adapt" eval --model "$D/seg.mpt" --list "$D/data/tgt-test.txt" --precision fp16
     assert_failure 2
     assert_output --partial "'fp16' is not auto, fp32, tf32 or bf16"
