@@ -147,3 +147,13 @@ const char *gd_backend_precision(const gd_backend *be)
     (void)be;
     return "fp32";
 }
+
+void *gd_backend_stream(const gd_backend *be)
+{
+#ifdef GD_HAVE_CUDA
+    if (be && !strcmp(be->name, "cuda"))
+        return gd_backend_cuda_stream(be);
+#endif
+    (void)be;
+    return NULL;
+}

@@ -41,6 +41,9 @@ void gd_backend_rank_device(const char *device, int local_rank, char *out, size_
 void gd_backend_close(gd_backend *be);
 /* true when this build has the CUDA backend */
 bool gd_backend_cuda_built(void);
+/* the CUDA stream (cudaStream_t) a backend queues its work on; NULL for
+ * the CPU backend */
+void *gd_backend_stream(const gd_backend *be);
 /* the GEMM precision a backend from gd_backend_open runs: "fp32", ... */
 const char *gd_backend_precision(const gd_backend *be);
 

@@ -13,6 +13,7 @@
 /* ---- rank 0 of 1 ------------------------------------------------------------ */
 
 static int single_sum(gd_comm *c, float *buf, size_t n, gd_err *err) { return 0; }
+static int single_wait(gd_comm *c, gd_err *err) { return 0; }
 static int single_f64(gd_comm *c, double *v, int n, gd_err *err) { return 0; }
 static int single_bcast(gd_comm *c, void *p, size_t n, int root, gd_err *err) { return 0; }
 static int single_barrier(gd_comm *c, gd_err *err) { return 0; }
@@ -27,7 +28,8 @@ static int single_minmax(gd_comm *c, uint64_t v, uint64_t *min, uint64_t *max, g
 gd_comm *gd_comm_single(void)
 {
     static gd_comm c = {.name = "single", .rank = 0, .world = 1, .local_rank = 0,
-                        .allreduce_sum = single_sum, .allreduce_f64 = single_f64,
+                        .allreduce_sum = single_sum, .allreduce_start = single_sum,
+                        .allreduce_wait = single_wait, .allreduce_f64 = single_f64,
                         .minmax_u64 = single_minmax, .bcast = single_bcast,
                         .barrier = single_barrier, .finalize = single_finalize};
     return &c;

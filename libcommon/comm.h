@@ -38,6 +38,18 @@ struct gd_comm {
      * memory for the CPU backend, device memory for CUDA); every rank
      * ends with the same bytes */
     int (*allreduce_sum)(gd_comm *c, float *buf, size_t n, gd_err *err);
+    /* The bucketed gradient all-reduce, overlapped with the rest of the
+     * backward pass.  start begins the sum over ranks, in place, of n
+     * floats of a backend buffer whose values are final (the backward pass
+     * will not write them again) and returns without waiting; the buffer
+     * must not be read or written until wait.  wait blocks until every
+     * reduction started has ended (under the watchdog).  On device buffers
+     * a reduction begins after the work already queued on `stream` (the
+     * backend's CUDA stream, set by the program) and runs beside the work
+     * queued after it. */
+    int (*allreduce_start)(gd_comm *c, float *buf, size_t n, gd_err *err);
+    int (*allreduce_wait)(gd_comm *c, gd_err *err);
+    void *stream;                  /* cudaStream_t of the compute backend; NULL: none */
     /* sum over ranks, in place, of n host doubles (losses, flags) */
     int (*allreduce_f64)(gd_comm *c, double *v, int n, gd_err *err);
     /* the smallest and largest v over ranks (checksums) */
@@ -63,7 +75,7 @@ typedef struct gd_comm_opts {
     const char *backend;           /* the compute backend's name: "cpu" or "cuda" */
     double timeout_s;              /* the watchdog's limit for one collective; <= 0: none */
 } gd_comm_opts;
-#define GD_COMM_ABI 1
+#define GD_COMM_ABI 2
 
 /* The entry point a plugin exports (kernels/dist/comm_mpi.c). */
 typedef int (*gd_comm_plugin_open)(gd_comm *c, const gd_comm_opts *o, gd_err *err);

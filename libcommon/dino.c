@@ -278,6 +278,11 @@ struct dino_trainer {
     pool pl;
     gd_comm *comm;  /* data-parallel ranks; NULL: one process */
     float *cmean;   /* [out_dim] the teacher's batch mean, reduced over ranks */
+    size_t bucket;  /* floats per gradient bucket; 0: one all-reduce after backward */
+    bool overlap;   /* this backward pass starts the buckets */
+    size_t red_lo, red_hi; /* gradients final, their reduction not started yet */
+    int comm_failed;
+    gd_err comm_err;
 };
 
 static int make_groups(grp *g, int nviews, const int *res, int batch)
@@ -705,8 +710,29 @@ static void embed_bwd(dino_trainer *t, grp *g, const dino_w *w, dino_w *gw)
     linear_bwd(be, NULL, &gw->patch, g->dpemb, g->patches, w->patch.w, g->B * g->np, cpp, D);
 }
 
+/* The gradients from offset lo of the flat buffer up to those already
+ * final are final too: the backward pass writes them no more.  They become
+ * final from the end of the buffer towards its start (head, final norm,
+ * last block, ..., first block, embeddings: walk_model's order reversed),
+ * so what waits for its reduction is one range [red_lo, red_hi); it goes
+ * out as a bucket once it holds t->bucket floats, or with flush. */
+static void grads_final(dino_trainer *t, const float *lo, bool flush)
+{
+    if (!t->overlap || t->comm_failed)
+        return;
+    t->red_lo = (size_t)(lo - t->buf[DINO_GRAD]);
+    size_t n = t->red_hi - t->red_lo;
+    if (!n || (n < t->bucket && !flush))
+        return;
+    if (t->comm->allreduce_start(t->comm, t->buf[DINO_GRAD] + t->red_lo, n, &t->comm_err))
+        t->comm_failed = -1;
+    t->red_hi = t->red_lo;
+}
+
+/* last: the last crop group's backward, after which a tensor's gradient
+ * is final */
 static void group_bwd(dino_trainer *t, grp *g, const dino_w *w, dino_w *gw, const float *dfeat,
-                      bool drop)
+                      bool drop, bool last)
 {
     gd_backend *be = t->be;
     const dino_model_cfg *c = &t->mc;
@@ -714,13 +740,20 @@ static void group_bwd(dino_trainer *t, grp *g, const dino_w *w, dino_w *gw, cons
     be->fill(be, g->dcls, 0, (size_t)g->B * D);
     be->layernorm_bwd(be, g->dcls, gw->norm.w, gw->norm.b, dfeat, g->cls, w->norm.w, g->out_m,
                       g->out_r, g->B, D);
+    if (last)
+        grads_final(t, gw->norm.w, false);
     /* only the CLS rows of the last block's output carry a gradient */
     be->fill(be, g->dres, 0, (size_t)g->B * g->T * D);
     be->copy_rows(be, g->dres, (size_t)g->T * D, g->dcls, D, g->B, D);
-    for (int i = c->depth - 1; i >= 0; i--)
+    for (int i = c->depth - 1; i >= 0; i--) {
         block_bwd(t, &w->blocks[i], &gw->blocks[i], &g->blk[i], g, i ? g->blk[i - 1].xout : g->x0,
                   drop);
+        if (last)
+            grads_final(t, gw->blocks[i].norm1.w, false);
+    }
     embed_bwd(t, g, w, gw);
+    if (last)
+        grads_final(t, t->buf[DINO_GRAD], true);
 }
 
 /* DINOHead: 3-layer MLP with GELU, L2 normalisation, weight-normalised
@@ -778,11 +811,13 @@ int dino_trainer_loss(dino_trainer *t, float *const *views, long it, double temp
                   (float)t->tc.student_temp);
     if (grads) {
         be->fill(be, t->buf[DINO_GRAD], 0, t->total);
+        t->red_lo = t->red_hi = t->total;
         head_bwd(t, &t->sh, ws, wg, t->sfeat);
+        grads_final(t, wg->mlp[0].w, false);
         bool drop = use_drop_path(t, true);
         for (int i = 0; i < t->nsg; i++)
             group_bwd(t, &t->sg[i], ws, wg, t->sh.dfeat + (size_t)t->sg[i].first_view * B * D,
-                      drop);
+                      drop, i == t->nsg - 1);
     }
     float l;
     if (be->download(be, &l, t->loss, 1, err) || be->sync(be, err))
@@ -792,6 +827,7 @@ int dino_trainer_loss(dino_trainer *t, float *const *views, long it, double temp
 }
 
 void dino_trainer_set_comm(dino_trainer *t, gd_comm *c) { t->comm = c; }
+void dino_trainer_set_buckets(dino_trainer *t, size_t floats) { t->bucket = floats; }
 
 /* The mean over ranks, in place, of n floats of a device buffer or of one
  * host double. */
@@ -821,9 +857,15 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
     long epoch = it / c->niter_per_epoch;
     *st = (dino_step_stats){.lr = s.lr, .weight_decay = s.weight_decay, .momentum = s.momentum,
                             .teacher_temp = s.teacher_temp};
-    if (dino_trainer_loss(t, views, it, s.teacher_temp, true, &st->loss, err))
-        return -1;
     bool dist = t->comm && t->comm->world > 1;
+    bool buckets = dist && t->bucket > 0;
+    t->overlap = buckets, t->comm_failed = 0;
+    int rc = dino_trainer_loss(t, views, it, s.teacher_temp, true, &st->loss, err);
+    t->overlap = false;
+    if (rc)
+        return -1;
+    if (t->comm_failed)
+        return gd_errf(err, "rank %d: %s", t->comm->rank, t->comm_err.msg);
     if (dist && average(t, NULL, 0, &st->loss, err)) /* every rank sees the same loss */
         return -1;
     if (!isfinite(st->loss))
@@ -831,8 +873,13 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
     if (dist) {
         /* center with the global batch mean: the mean of the ranks' means */
         be->center_update(be, t->cmean, t->th.out, 2 * t->B, t->mc.out_dim, 0.0f);
-        if (average(t, t->cmean, t->mc.out_dim, NULL, err) ||
-            average(t, t->buf[DINO_GRAD], t->total, NULL, err))
+        if (average(t, t->cmean, t->mc.out_dim, NULL, err))
+            return -1;
+        if (buckets && t->comm->allreduce_wait(t->comm, err))
+            return gd_err_prefix(err, "rank %d", t->comm->rank);
+        if (buckets)
+            be->scale(be, t->buf[DINO_GRAD], 1.0f / t->comm->world, t->total);
+        else if (average(t, t->buf[DINO_GRAD], t->total, NULL, err))
             return -1;
         be->scale(be, t->center, (float)c->center_momentum, t->mc.out_dim);
         be->axpy(be, t->center, (float)(1 - c->center_momentum), t->cmean, t->mc.out_dim);

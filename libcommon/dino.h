@@ -135,6 +135,13 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
  * order.  So world ranks train as one process on the concatenated batch.
  * NULL (the default) or a world of 1: one process, unchanged. */
 void dino_trainer_set_comm(dino_trainer *t, gd_comm *c);
+/* The gradient all-reduce of a distributed step in buckets of about
+ * `floats` floats, each started as soon as the backward pass has finished
+ * its gradients (the head's right after the head, a block's after that
+ * block's backward on the last crop group), so that the reduction overlaps
+ * the rest of the backward pass; 0 (the default): one all-reduce of the
+ * whole buffer after backward.  The sums are the same either way. */
+void dino_trainer_set_buckets(dino_trainer *t, size_t floats);
 
 /* The student head output of the last forward [nviews B, out_dim] and the
  * teacher's [2 B, out_dim], downloaded. */

@@ -427,6 +427,7 @@ typedef struct run {
     gd_comm *comm;           /* the single-process one unless distributed */
     long check_every;        /* steps between weight checksums; 0: off */
     double comm_timeout;     /* seconds a collective may wait */
+    size_t bucket_bytes;     /* gradient all-reduce buckets; 0: one after backward */
     int distributed;         /* --distributed: 1; -1: from the launcher's environment */
 } run;
 
@@ -480,6 +481,7 @@ static int run_start(run *r, const msg *batch, gd_err *err)
                                                                                        err))
         return gd_err_prefix(err, "%s", r->ckpt);
     dino_trainer_set_comm(r->t, r->comm);
+    dino_trainer_set_buckets(r->t, r->bucket_bytes / sizeof(float));
     if (views_init(&r->v, r->be, &s, err))
         return -1;
     msg_free(r->ck);
@@ -628,7 +630,7 @@ static void run_free(run *r)
 enum {
     T_CKPT = 300, T_STEPS, T_SAVE, T_KEEP, T_LOG, T_LOGE, T_COLL, T_COLLW, T_DEVICE, T_QUIET,
     T_PROGRESS, T_RESUME, T_RESTART, T_NORESUME, T_SOCKET, T_MAXMSG, T_VERSION, T_DIST, T_CHECK,
-    T_CTIMEOUT, T_PRECISION
+    T_CTIMEOUT, T_PRECISION, T_BUCKET
 };
 static const struct option train_longs[] = {
     {"ckpt", 1, 0, T_CKPT}, {"steps", 1, 0, T_STEPS}, {"save-every", 1, 0, T_SAVE},
@@ -638,7 +640,7 @@ static const struct option train_longs[] = {
     {"progress", 0, 0, T_PROGRESS}, {"resume", 0, 0, T_RESUME}, {"restart", 0, 0, T_RESTART},
     {"no-resume", 0, 0, T_NORESUME}, {"socket", 1, 0, T_SOCKET},
     {"max-message", 1, 0, T_MAXMSG}, {"distributed", 1, 0, T_DIST}, {"check-every", 1, 0, T_CHECK},
-    {"comm-timeout", 1, 0, T_CTIMEOUT},
+    {"comm-timeout", 1, 0, T_CTIMEOUT}, {"bucket", 1, 0, T_BUCKET},
     {"help", 0, 0, 'h'}, {"version", 0, 0, T_VERSION}, {0, 0, 0, 0}};
 
 static void usage_train(void)
@@ -674,6 +676,8 @@ static void usage_train(void)
            "  --distributed auto|yes|no   use MPI (auto: when a launcher started several ranks)\n"
            "  --check-every N      compare the ranks' weight checksums every N steps (100; 0: off)\n"
            "  --comm-timeout S     a collective waiting S seconds for a dead rank fails (1800)\n"
+           "  --bucket SIZE        all-reduce the gradients in buckets of SIZE bytes (K, M, G)\n"
+           "                       while backward goes on (default 25M; 0: one after backward)\n"
            "  BATCHES may hold %%r, replaced by the rank (shard%%r.mpt)\n"
            "serve only:\n"
            "  --socket PATH        Unix socket to listen on (mode 0600)\n"
@@ -725,6 +729,8 @@ static void parse_dist(run *r, int o, const char *v)
         r->check_every = cli_long("--check-every", v, 0, 1L << 40);
     else if (o == T_CTIMEOUT)
         r->comm_timeout = cli_double("--comm-timeout", v, 0.1, 1e7);
+    else if (o == T_BUCKET)
+        r->bucket_bytes = strcmp(v, "0") ? parse_size("--bucket", v) : 0;
     else if (!strcmp(v, "auto"))
         r->distributed = -1;
     else
@@ -741,6 +747,7 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
     r->distributed = -1;
     r->check_every = 100;
     r->comm_timeout = 1800;
+    r->bucket_bytes = 25 << 20;
     r->collapse_window = 100;
     bool quiet = false, progress = false, resume_set = false;
     const char *device = NULL, *precision = "auto";
@@ -778,8 +785,10 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
         case T_DIST:
         case T_CHECK:
         case T_CTIMEOUT:
+        case T_BUCKET:
             if (serve)
-                cli_usage("--distributed, --check-every and --comm-timeout belong to 'dino-step train'");
+                cli_usage("--distributed, --check-every, --comm-timeout and --bucket belong to "
+                          "'dino-step train'");
             parse_dist(r, o, optarg);
             break;
         case T_MAXMSG:
@@ -869,6 +878,8 @@ static void open_backend(run *r)
     static char device[64];
     gd_backend_rank_device(r->device, r->comm->local_rank, device, sizeof device);
     r->be = pick_device(device, r->precision);
+    if (r->comm->world > 1) /* NCCL orders its reductions after the backward pass's kernels */
+        r->comm->stream = gd_backend_stream(r->be);
 }
 
 /* The consistency guard: every rank hashes its weights (student and

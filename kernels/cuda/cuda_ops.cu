@@ -1322,3 +1322,8 @@ extern "C" const char *gd_backend_cuda_precision(const gd_backend *be)
     static const char *names[] = {"fp32", "tf32", "bf16"};
     return names[((const cuda_ctx *)be->ctx)->prec];
 }
+
+extern "C" void *gd_backend_cuda_stream(const gd_backend *be)
+{
+    return ((const cuda_ctx *)be->ctx)->stream;
+}

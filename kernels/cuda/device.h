@@ -38,6 +38,9 @@ gd_backend *gd_backend_cuda(int device, const char *precision, gd_err *err);
 void gd_backend_cuda_free(gd_backend *be);
 /* "fp32", "tf32" or "bf16" */
 const char *gd_backend_cuda_precision(const gd_backend *be);
+/* The stream every op of the backend is queued on (a cudaStream_t): what a
+ * communicator orders its reductions after (comm.h). */
+void *gd_backend_cuda_stream(const gd_backend *be);
 
 #ifdef __cplusplus
 }

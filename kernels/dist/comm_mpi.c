@@ -13,6 +13,15 @@
  * The plugin uses nothing of libcommon (the program links it statically and
  * exports none of it), hence its own small error helper.
  *
+ * The gradient all-reduce comes in buckets (comm.h: allreduce_start and
+ * allreduce_wait), started by the trainer while the backward pass goes on:
+ * MPI_Iallreduce on host buffers, each start also moving the earlier ones
+ * forward (OpenMPI progresses a nonblocking collective only inside MPI
+ * calls); on device buffers ncclAllReduce on the plugin's stream, ordered
+ * after the backend's stream by an event.  GEODINO_COMM_EAGER=1 makes
+ * every start a blocking reduction: a bucket started before its gradients
+ * are final then gives wrong weights every time, which the tests use.
+ *
  * The watchdog: each collective records when it started; a thread that
  * makes no MPI call checks every quarter second and, past the timeout,
  * prints one line and _exit()s, which makes mpirun or srun end the job
@@ -46,9 +55,13 @@ typedef struct mpi_ctx {
     _Atomic double started;      /* monotonic seconds the current collective began; 0: none */
     const char *_Atomic what;
     gd_comm *c;
+    bool eager;                  /* GEODINO_COMM_EAGER: buckets reduced at start */
+    MPI_Request *reqs;           /* buckets started on host buffers, not yet waited for */
+    int nreq, capreq;
 #ifdef GD_NCCL
     ncclComm_t nccl;
     cudaStream_t stream;
+    cudaEvent_t ready;           /* the backward pass's kernels so far */
 #endif
 } mpi_ctx;
 
@@ -129,6 +142,60 @@ static int host_sum(gd_comm *c, float *buf, size_t n, gd_err *err)
     return 0;
 }
 
+/* The requests of one more bucket: its size in MPI's int counts. */
+static int reserve_requests(mpi_ctx *x, size_t n, gd_err *err)
+{
+    size_t need = (size_t)x->nreq + (n + CHUNK - 1) / CHUNK;
+    if (need <= (size_t)x->capreq)
+        return 0;
+    if (need > 1 << 20)
+        return fail(err, "more than %d gradient buckets in flight", 1 << 20);
+    int cap = x->capreq ? x->capreq : 64;
+    while ((size_t)cap < need)
+        cap *= 2;
+    MPI_Request *r = realloc(x->reqs, (size_t)cap * sizeof *r);
+    if (!r)
+        return fail(err, "out of memory");
+    x->reqs = r, x->capreq = cap;
+    return 0;
+}
+
+static int host_start(gd_comm *c, float *buf, size_t n, gd_err *err)
+{
+    mpi_ctx *x = c->ctx;
+    if (x->eager)
+        return host_sum(c, buf, n, err);
+    if (reserve_requests(x, n, err))
+        return -1;
+    for (size_t o = 0; o < n; o += CHUNK) {
+        int k = (int)(n - o < CHUNK ? n - o : CHUNK);
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + o, k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                                &x->reqs[x->nreq]);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(err, "MPI_Iallreduce", rc);
+        x->nreq++;
+    }
+    int done = 0;
+    int rc = MPI_Testall(x->nreq, x->reqs, &done, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(err, "MPI_Testall", rc);
+    if (done)
+        x->nreq = 0;
+    return 0;
+}
+
+static int host_wait(gd_comm *c, gd_err *err)
+{
+    mpi_ctx *x = c->ctx;
+    if (!x->nreq)
+        return 0;
+    arm(x, "the gradient all-reduce");
+    int rc = MPI_Waitall(x->nreq, x->reqs, MPI_STATUSES_IGNORE);
+    disarm(x);
+    x->nreq = 0;
+    return rc == MPI_SUCCESS ? 0 : mpi_fail(err, "MPI_Waitall", rc);
+}
+
 #ifdef GD_NCCL
 static int cuda_fail(gd_err *err, const char *what, cudaError_t e)
 {
@@ -156,7 +223,54 @@ static int device_sum(gd_comm *c, float *buf, size_t n, gd_err *err)
         return cuda_fail(err, "ncclAllReduce", e);
     return 0;
 }
+
+/* The bucket's kernels are queued on the backend's stream, maybe not yet
+ * run: the plugin's stream waits for them (an event), then reduces while
+ * the backend goes on with the rest of the backward pass. */
+static int device_start(gd_comm *c, float *buf, size_t n, gd_err *err)
+{
+    mpi_ctx *x = c->ctx;
+    cudaError_t e = cudaEventRecord(x->ready, (cudaStream_t)c->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamWaitEvent(x->stream, x->ready, 0);
+    if (e != cudaSuccess)
+        return cuda_fail(err, "ordering the NCCL all-reduce after the backward pass", e);
+    ncclResult_t r = ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, x->nccl, x->stream);
+    if (r != ncclSuccess)
+        return nccl_fail(err, "ncclAllReduce", r);
+    return 0;
+}
+
+/* The host waits (under the watchdog, which a stream-side wait would
+ * escape): the trainer needs the gradient norms on the host right after. */
+static int device_wait(gd_comm *c, gd_err *err)
+{
+    mpi_ctx *x = c->ctx;
+    arm(x, "the NCCL gradient all-reduce");
+    cudaError_t e = cudaStreamSynchronize(x->stream);
+    disarm(x);
+    return e == cudaSuccess ? 0 : cuda_fail(err, "ncclAllReduce", e);
+}
 #endif
+
+static int mpi_wait(gd_comm *c, gd_err *err)
+{
+#ifdef GD_NCCL
+    if (((mpi_ctx *)c->ctx)->device)
+        return device_wait(c, err);
+#endif
+    return host_wait(c, err);
+}
+
+static int mpi_start(gd_comm *c, float *buf, size_t n, gd_err *err)
+{
+#ifdef GD_NCCL
+    mpi_ctx *x = c->ctx;
+    if (x->device)
+        return device_start(c, buf, n, err) || (x->eager && device_wait(c, err)) ? -1 : 0;
+#endif
+    return host_start(c, buf, n, err);
+}
 
 static int mpi_sum(gd_comm *c, float *buf, size_t n, gd_err *err)
 {
@@ -225,7 +339,10 @@ static void ctx_free(mpi_ctx *x)
         ncclCommDestroy(x->nccl);
     if (x->stream)
         cudaStreamDestroy(x->stream);
+    if (x->ready)
+        cudaEventDestroy(x->ready);
 #endif
+    free(x->reqs);
     free(x);
 }
 
@@ -267,6 +384,8 @@ static int nccl_start(gd_comm *c, mpi_ctx *x, gd_err *err)
         return cuda_fail(err, "cudaSetDevice", e);
     if ((e = cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking)) != cudaSuccess)
         return cuda_fail(err, "cudaStreamCreate", e);
+    if ((e = cudaEventCreateWithFlags(&x->ready, cudaEventDisableTiming)) != cudaSuccess)
+        return cuda_fail(err, "cudaEventCreate", e);
     ncclUniqueId id;
     ncclResult_t r = ncclSuccess;
     if (c->rank == 0 && (r = ncclGetUniqueId(&id)) != ncclSuccess)
@@ -323,7 +442,10 @@ int geodino_comm_open(gd_comm *c, const gd_comm_opts *o, gd_err *err)
     x->c = c;
     x->timeout_s = o->timeout_s;
     x->device = o->backend && !strcmp(o->backend, "cuda");
+    const char *eager = getenv("GEODINO_COMM_EAGER");
+    x->eager = eager && !strcmp(eager, "1");
     *c = (gd_comm){.name = x->device ? "mpi+nccl" : "mpi", .ctx = x, .allreduce_sum = mpi_sum,
+                   .allreduce_start = mpi_start, .allreduce_wait = mpi_wait,
                    .allreduce_f64 = mpi_f64, .minmax_u64 = mpi_minmax, .bcast = mpi_bcast,
                    .barrier = mpi_barrier, .finalize = mpi_finalize};
     if (start(c, x, o, err)) {

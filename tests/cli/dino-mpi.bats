@@ -157,6 +157,40 @@ for a, b in zip(one, two):
 PY
 }
 
+@test "mpi: gradients reduced in buckets during backward (--bucket) equal one all-reduce after it" {
+    needs_mpi
+    shards
+    init --batch-size-per-gpu 2 --world-size 2 -o "$TMP/after.mpt"
+    cp "$TMP/after.mpt" "$TMP/bucketed.mpt"
+    cp "$TMP/after.mpt" "$TMP/eager.mpt"
+    run mpi 120 "$BIN/dino-step" train --ckpt "$TMP/after.mpt" --bucket 0 "$TMP/shard%r.mpt"
+    assert_success
+    # 1K: 256 floats, so the head, each block and the embeddings go as
+    # buckets of their own, started while the backward pass goes on
+    run mpi 120 "$BIN/dino-step" train --ckpt "$TMP/bucketed.mpt" --bucket 1K "$TMP/shard%r.mpt"
+    assert_success
+    # eager: each bucket reduced at once, so one started before its
+    # gradients are final would miss the rest of them, on every run
+    run mpi 120 -x GEODINO_COMM_EAGER=1 "$BIN/dino-step" train --ckpt "$TMP/eager.mpt" \
+        --bucket 1K "$TMP/shard%r.mpt"
+    assert_success
+    run $PY "$TOOL" meta "$TMP/after.mpt" step
+    assert_output "4"
+    # a sum of two floats does not depend on the order: the same bits
+    run $PY "$TOOL" diff "$TMP/after.mpt" "$TMP/bucketed.mpt"
+    assert_success
+    assert_output ""
+    run $PY "$TOOL" diff "$TMP/after.mpt" "$TMP/eager.mpt"
+    assert_success
+    assert_output ""
+    run "$BIN/dino-step" serve --ckpt "$TMP/after.mpt" --socket "$TMP/s" --bucket 1K
+    assert_failure 2
+    assert_output --partial "--bucket belong to 'dino-step train'"
+    run "$BIN/dino-step" train --ckpt "$TMP/after.mpt" --bucket 12X "$TMP/shard0.mpt"
+    assert_failure 2
+    assert_output --partial "--bucket: '12X' is not a size"
+}
+
 @test "mpi: a 2-rank run resumes from its checkpoint to the same state as one run" {
     needs_mpi
     shards
