@@ -6,8 +6,10 @@
 # the whole student, backbone + DINO head with out_dim 65536, and the
 # center), the median time of an in-place MPI_Allreduce of that many floats
 # (bench/mpi_allreduce.c), and the training step of vit_small/16 with 2
-# ranks next to the same per-rank batch in one process, in the same run.
-# Step times come from the --log lines of steps 2..STEPS.  Markdown out.
+# ranks next to the same per-rank batch in one process, in the same run,
+# with the gradient all-reduce after backward and in buckets during it.
+# Step times come from the --log lines of steps 2..STEPS (the median over
+# both rounds of a setting).  Markdown out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-5}
@@ -42,13 +44,13 @@ n = sum(len(t["data"]) // 4 for k, t in m["tensors"].items() if k.startswith("st
 print(n, len(m["tensors"]["center"]["data"]) // 4)
 PY
 }
-# median seconds per step of steps 2.. from a log; $2: samples per step
-# over all ranks (samples_per_s counts every rank's)
+# median seconds per step of steps 2.. of the logs; $1: samples per step
+# over all ranks (samples_per_s counts every rank's), then the logs
 step_s() {
-    $py - "$1" "$2" <<'PY'
+    $py - "$@" <<'PY'
 import sys, json, statistics
-rows = [json.loads(l) for l in open(sys.argv[1])][1:]
-print("%.4f" % statistics.median(int(sys.argv[2]) / r["samples_per_s"] for r in rows))
+rows = [r for p in sys.argv[2:] for r in [json.loads(l) for l in open(p)][1:]]
+print("%.4f" % statistics.median(int(sys.argv[1]) / r["samples_per_s"] for r in rows))
 PY
 }
 
@@ -69,14 +71,26 @@ echo "| vit_small/16 as trained below (64 px, 6 bands) | $n | $k | $(( (n + k) *
 init --patch-size 16 -o "$tmp/one.mpt"
 bin/dino-step train --ckpt "$tmp/one.mpt" --log "$tmp/one.jsonl" --log-every 1 --steps "$steps" \
     --save-every 0 "$tmp/shard0.mpt"
-"${mpi[@]}" bin/dino-step train --ckpt "$tmp/two.mpt" --log "$tmp/two.jsonl" --log-every 1 \
-    --steps "$steps" --save-every 0 --check-every 0 "$tmp/shard%r.mpt"
-one=$(step_s "$tmp/one.jsonl" "$batch")
-two=$(step_s "$tmp/two.jsonl" $((2 * batch)))
+# 2 ranks, the all-reduce after backward (--bucket 0) and in 25 MB buckets
+# during it (the default), alternated twice so that drift in the box's load
+# falls on both
+for round in 1 2; do
+    for b in 0 25M; do
+        cp "$tmp/two.mpt" "$tmp/run.mpt"
+        "${mpi[@]}" bin/dino-step train --ckpt "$tmp/run.mpt" --log "$tmp/two-$b-$round.jsonl" \
+            --log-every 1 --steps "$steps" --save-every 0 --check-every 0 --bucket "$b" \
+            "$tmp/shard%r.mpt"
+    done
+done
+one=$(step_s "$batch" "$tmp/one.jsonl")
+after=$(step_s $((2 * batch)) "$tmp"/two-0-?.jsonl)
+bucketed=$(step_s $((2 * batch)) "$tmp"/two-25M-?.jsonl)
 echo
 echo "| vit_small/16, $batch samples per rank, ${gsize}/${lsize} px | s per step |"
 echo "|---|---|"
 echo "| 1 process | $one |"
-echo "| 2 ranks (MPI, oversubscribed on this box's cores) | $two |"
-echo "| all-reduce alone, as a share of the 2-rank step | $($py -c "print('%.1f%%' % (100 * $ar16 / $two))") |"
-echo "| (2-rank step - 1-process step) / 2-rank step | $($py -c "print('%.1f%%' % (100 * ($two - $one) / $two))") |"
+echo "| 2 ranks (MPI, oversubscribed on this box's cores), all-reduce after backward (--bucket 0) | $after |"
+echo "| 2 ranks, 25 MB buckets started during backward (--bucket 25M, the default) | $bucketed |"
+echo "| bucketed / after | $($py -c "print('%.3f' % ($bucketed / $after))") |"
+echo "| all-reduce alone, as a share of the 2-rank step (after backward) | $($py -c "print('%.1f%%' % (100 * $ar16 / $after))") |"
+echo "| (2-rank step - 1-process step) / 2-rank step (after backward) | $($py -c "print('%.1f%%' % (100 * ($after - $one) / $after))") |"

@@ -36,6 +36,15 @@ extern "C" {
 
 typedef struct gd_backend gd_backend;
 
+/* One tensor of an optimizer step (adamw_ema): where it lies in the flat
+ * buffers, its weight decay (0 for biases and norms) and its AdamW step
+ * count (from 1). */
+typedef struct gd_adam_tensor {
+    size_t off, n;
+    float wd;
+    int step;
+} gd_adam_tensor;
+
 struct gd_backend {
     const char *name; /* "cpu", "cuda" */
     void *ctx;        /* backend-private state (BLAS handles, streams, timers) */
@@ -151,6 +160,15 @@ struct gd_backend {
                   float lr, float wd, float beta1, float beta2, float eps, int step);
     /* teacher = m teacher + (1 - m) student */
     void (*ema)(gd_backend *be, float *teacher, const float *student, float m, size_t n);
+    /* A whole optimizer step over flat buffers of n floats in one pass (one
+     * launch on the GPU): adamw on each of the nt tensors t[] (host array,
+     * sorted by offset, not overlapping, inside n; an element of no listed
+     * tensor, such as a frozen layer's, keeps its p, m and v), then
+     * teacher = momentum teacher + (1 - momentum) p on all n.  The same
+     * bits as adamw on each tensor followed by ema. */
+    void (*adamw_ema)(gd_backend *be, float *p, const float *g, float *m, float *v,
+                      float *teacher, size_t n, const gd_adam_tensor *t, int nt, float lr,
+                      float beta1, float beta2, float eps, float momentum);
     /* out[0] = sum x (float64 accumulation) */
     void (*sum)(gd_backend *be, float *out, const float *x, size_t n);
     /* 1 when every element is finite */

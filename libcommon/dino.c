@@ -270,6 +270,7 @@ struct dino_trainer {
     dino_w w[5];
     int *adam_step;
     size_t *offs, *lens; /* host copies for clip_per_tensor */
+    gd_adam_tensor *adam; /* the tensors one optimizer step updates */
     double *norms;
     grp sg[MAX_VIEWS], tg[2];
     int nsg, ntg;
@@ -405,7 +406,8 @@ static int build_table(dino_trainer *t, gd_err *err)
     t->offs = calloc(t->np, sizeof(size_t));
     t->lens = calloc(t->np, sizeof(size_t));
     t->norms = calloc(t->np, sizeof(double));
-    if (!t->adam_step || !t->offs || !t->lens || !t->norms)
+    t->adam = calloc(t->np, sizeof *t->adam);
+    if (!t->adam_step || !t->offs || !t->lens || !t->norms || !t->adam)
         return gd_errf(err, "out of memory");
     return 0;
 }
@@ -480,6 +482,7 @@ void dino_trainer_free(dino_trainer *t)
         free(t->w[r].blocks);
     pool_free(&t->pl);
     free(t->tab), free(t->adam_step), free(t->offs), free(t->lens), free(t->norms);
+    free(t->adam);
     free(t);
 }
 
@@ -900,19 +903,21 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
         st->nclipped += c->clip_grad > 0 && c->clip_grad / (t->norms[i] + 1e-6) < 1;
 
     /* cancel_gradients_last_layer sets the gradient to None: torch's AdamW
-     * then skips the tensor entirely (no decay, no moment, no step count) */
+     * then skips the tensor entirely (no decay, no moment, no step count).
+     * AdamW and the teacher's EMA go in one pass over the buffers. */
     st->last_layer_frozen = epoch < c->freeze_last_layer;
+    int na = 0;
     for (int i = 0; i < t->np; i++) {
         const dino_param *p = &t->tab[i];
         if (!p->trainable || (st->last_layer_frozen && p->last_layer))
             continue;
-        size_t o = p->off;
-        be->adamw(be, t->buf[DINO_STUDENT] + o, t->buf[DINO_GRAD] + o, t->buf[DINO_ADAM_M] + o,
-                  t->buf[DINO_ADAM_V] + o, p->n, (float)s.lr,
-                  p->decay ? (float)s.weight_decay : 0.0f, (float)c->beta1, (float)c->beta2,
-                  (float)c->adam_eps, ++t->adam_step[i]);
+        t->adam[na++] = (gd_adam_tensor){.off = p->off, .n = p->n,
+                                         .wd = p->decay ? (float)s.weight_decay : 0.0f,
+                                         .step = ++t->adam_step[i]};
     }
-    be->ema(be, t->buf[DINO_TEACHER], t->buf[DINO_STUDENT], (float)s.momentum, t->total);
+    be->adamw_ema(be, t->buf[DINO_STUDENT], t->buf[DINO_GRAD], t->buf[DINO_ADAM_M],
+                  t->buf[DINO_ADAM_V], t->buf[DINO_TEACHER], t->total, t->adam, na, (float)s.lr,
+                  (float)c->beta1, (float)c->beta2, (float)c->adam_eps, (float)s.momentum);
     return be->sync(be, err);
 }
 

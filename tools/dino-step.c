@@ -427,7 +427,8 @@ typedef struct run {
     gd_comm *comm;           /* the single-process one unless distributed */
     long check_every;        /* steps between weight checksums; 0: off */
     double comm_timeout;     /* seconds a collective may wait */
-    size_t bucket_bytes;     /* gradient all-reduce buckets; 0: one after backward */
+    size_t bucket_bytes;     /* gradient all-reduce buckets; 0: one after backward;
+                              * BUCKET_AUTO: by backend */
     int distributed;         /* --distributed: 1; -1: from the launcher's environment */
 } run;
 
@@ -436,6 +437,19 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* --bucket auto: NCCL reduces on a stream of its own, beside the backward
+ * kernels, so buckets overlap; on the CPU backend they were slower
+ * (bench/results-mpi.md: OpenMPI moves a nonblocking collective only inside
+ * MPI calls, and the ranks have no core to spare) */
+#define BUCKET_AUTO SIZE_MAX
+static size_t bucket_floats(const run *r)
+{
+    size_t bytes = r->bucket_bytes;
+    if (bytes == BUCKET_AUTO)
+        bytes = strcmp(r->be->name, "cuda") ? 0 : (size_t)25 << 20;
+    return bytes / sizeof(float);
 }
 
 static void run_load(run *r)
@@ -481,7 +495,7 @@ static int run_start(run *r, const msg *batch, gd_err *err)
                                                                                        err))
         return gd_err_prefix(err, "%s", r->ckpt);
     dino_trainer_set_comm(r->t, r->comm);
-    dino_trainer_set_buckets(r->t, r->bucket_bytes / sizeof(float));
+    dino_trainer_set_buckets(r->t, bucket_floats(r));
     if (views_init(&r->v, r->be, &s, err))
         return -1;
     msg_free(r->ck);
@@ -676,8 +690,9 @@ static void usage_train(void)
            "  --distributed auto|yes|no   use MPI (auto: when a launcher started several ranks)\n"
            "  --check-every N      compare the ranks' weight checksums every N steps (100; 0: off)\n"
            "  --comm-timeout S     a collective waiting S seconds for a dead rank fails (1800)\n"
-           "  --bucket SIZE        all-reduce the gradients in buckets of SIZE bytes (K, M, G)\n"
-           "                       while backward goes on (default 25M; 0: one after backward)\n"
+           "  --bucket SIZE|auto   all-reduce the gradients in buckets of SIZE bytes (K, M, G)\n"
+           "                       while backward goes on; 0: one after backward; auto (the\n"
+           "                       default): 25M on the GPU, 0 on the CPU\n"
            "  BATCHES may hold %%r, replaced by the rank (shard%%r.mpt)\n"
            "serve only:\n"
            "  --socket PATH        Unix socket to listen on (mode 0600)\n"
@@ -730,7 +745,9 @@ static void parse_dist(run *r, int o, const char *v)
     else if (o == T_CTIMEOUT)
         r->comm_timeout = cli_double("--comm-timeout", v, 0.1, 1e7);
     else if (o == T_BUCKET)
-        r->bucket_bytes = strcmp(v, "0") ? parse_size("--bucket", v) : 0;
+        r->bucket_bytes = !strcmp(v, "auto") ? BUCKET_AUTO
+                          : strcmp(v, "0")   ? parse_size("--bucket", v)
+                                             : 0;
     else if (!strcmp(v, "auto"))
         r->distributed = -1;
     else
@@ -747,7 +764,7 @@ static void parse_train(int argc, char **argv, run *r, const char **socket_path,
     r->distributed = -1;
     r->check_every = 100;
     r->comm_timeout = 1800;
-    r->bucket_bytes = 25 << 20;
+    r->bucket_bytes = BUCKET_AUTO;
     r->collapse_window = 100;
     bool quiet = false, progress = false, resume_set = false;
     const char *device = NULL, *precision = "auto";

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adam.h"
 #include "cubic.h"
 #include "ops.h"
 #include "seg_ops.h"
@@ -630,23 +631,38 @@ static int cpu_clip_per_tensor(gd_backend *be, float *buf, const size_t *off, co
 static void cpu_adamw(gd_backend *be, float *p, const float *g, float *m, float *v, size_t n,
                       float lr, float wd, float beta1, float beta2, float eps, int step)
 {
-    double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
-    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    gd_adam_consts k = gd_adam_consts_of(lr, wd, beta1, beta2, step);
 #pragma omp parallel for if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        p[i] *= 1.0f - lr * wd;
-        m[i] += (g[i] - m[i]) * (1.0f - beta1);
-        v[i] = v[i] * beta2 + (1.0f - beta2) * g[i] * g[i];
-        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-        p[i] -= step_size * m[i] / denom;
-    }
+    for (size_t i = 0; i < n; i++)
+        p[i] = gd_adamw_elem(p[i], g[i], &m[i], &v[i], beta1, beta2, eps, k);
 }
 
 static void cpu_ema(gd_backend *be, float *teacher, const float *student, float m, size_t n)
 {
 #pragma omp parallel for if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++)
-        teacher[i] = teacher[i] * m + (1.0f - m) * student[i];
+        teacher[i] = gd_ema_elem(teacher[i], student[i], m);
+}
+
+/* Tensor by tensor, each in one pass: the EMA of the gap before it, then
+ * AdamW and the EMA of the updated values together. */
+static void cpu_adamw_ema(gd_backend *be, float *p, const float *g, float *m, float *v,
+                          float *teacher, size_t n, const gd_adam_tensor *t, int nt, float lr,
+                          float beta1, float beta2, float eps, float momentum)
+{
+    size_t at = 0;
+    for (int j = 0; j < nt; j++) {
+        cpu_ema(be, teacher + at, p + at, momentum, t[j].off - at);
+        gd_adam_consts k = gd_adam_consts_of(lr, t[j].wd, beta1, beta2, t[j].step);
+        size_t lo = t[j].off, hi = t[j].off + t[j].n;
+#pragma omp parallel for if (hi - lo > PAR_MIN)
+        for (size_t i = lo; i < hi; i++) {
+            p[i] = gd_adamw_elem(p[i], g[i], &m[i], &v[i], beta1, beta2, eps, k);
+            teacher[i] = gd_ema_elem(teacher[i], p[i], momentum);
+        }
+        at = hi;
+    }
+    cpu_ema(be, teacher + at, p + at, momentum, n - at);
 }
 
 static void cpu_sum(gd_backend *be, float *out, const float *x, size_t n)
@@ -708,6 +724,7 @@ static gd_backend cpu_backend = {
     .clip_per_tensor = cpu_clip_per_tensor,
     .adamw = cpu_adamw,
     .ema = cpu_ema,
+    .adamw_ema = cpu_adamw_ema,
     .sum = cpu_sum,
     .all_finite = cpu_all_finite,
     /* segmentation: kernels/cpu/seg_ops.c */

@@ -26,6 +26,7 @@ enum ws_slot {
     WS_COL,                           /* column sums' partial sums */
     WS_ROWS, WS_TMP, WS_RED, WS_LOSS, WS_FLAG,
     WS_SEG,                           /* segmentation losses' partial sums (seg_ops.cu) */
+    WS_ADAM,                          /* adamw_ema's table of tensors */
     WS_NSLOTS
 };
 

@@ -19,6 +19,7 @@
 #include "device.h"
 #include "cuda_internal.h"
 
+#include "adam.h"
 #include "cubic.h"
 
 #include <cmath>
@@ -1114,17 +1115,13 @@ int cu_clip_per_tensor(gd_backend *be, float *buf, const size_t *off, const size
 }
 
 /* torch.optim.AdamW (single-tensor path), as the CPU's cpu_adamw */
-__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n, float lr,
-                             float wd, float beta1, float beta2, float eps, float step_size,
-                             float bc2_sqrt)
+__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n, float beta1,
+                             float beta2, float eps, gd_adam_consts k)
 {
     GRID_STRIDE(i, n)
     {
-        float pi = p[i] * (1.0f - lr * wd), mi = m[i], vi = v[i], gi = g[i];
-        mi += (gi - mi) * (1.0f - beta1);
-        vi = vi * beta2 + (1.0f - beta2) * gi * gi;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] = pi - step_size * mi / denom;
+        float mi = m[i], vi = v[i];
+        p[i] = gd_adamw_elem(p[i], g[i], &mi, &vi, beta1, beta2, eps, k);
         m[i] = mi;
         v[i] = vi;
     }
@@ -1136,21 +1133,94 @@ void cu_adamw(gd_backend *be, float *p, const float *g, float *m, float *v, size
     cuda_ctx *c = enter(be);
     if (!n)
         return;
-    double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
-    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    adamw_kernel<<<grid_for(n), NT, 0, c->stream>>>(p, g, m, v, n, lr, wd, beta1, beta2, eps,
-                                                    step_size, bc2_sqrt);
+    adamw_kernel<<<grid_for(n), NT, 0, c->stream>>>(p, g, m, v, n, beta1, beta2, eps,
+                                                    gd_adam_consts_of(lr, wd, beta1, beta2, step));
     launched(c, "adamw(n=%zu, step=%d)", n, step);
 }
 
 __global__ void ema_kernel(float *teacher, const float *student, float m, size_t n)
 {
-    GRID_STRIDE(i, n) teacher[i] = teacher[i] * m + (1.0f - m) * student[i];
+    GRID_STRIDE(i, n) teacher[i] = gd_ema_elem(teacher[i], student[i], m);
 }
 
 void cu_ema(gd_backend *be, float *teacher, const float *student, float m, size_t n)
 {
     launch_n(enter(be), n, "ema", ema_kernel, teacher, student, m, n);
+}
+
+/* adamw_ema's table on the device: a tensor's extent and its constants */
+struct adam_entry {
+    size_t off, end;
+    gd_adam_consts k;
+};
+
+/* The entry whose tensor holds element i (the table is sorted and
+ * disjoint), or -1: a binary search for the first end beyond i. */
+__device__ int adam_entry_of(const adam_entry *t, int nt, size_t i)
+{
+    int lo = 0, hi = nt;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (t[mid].end <= i)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < nt && t[lo].off <= i ? lo : -1;
+}
+
+/* Every element read and written once: AdamW where a listed tensor holds
+ * it, then the EMA of the (new) student value into the teacher. */
+__global__ void adamw_ema_kernel(float *p, const float *g, float *m, float *v, float *teacher,
+                                 size_t n, const adam_entry *t, int nt, float beta1, float beta2,
+                                 float eps, float momentum)
+{
+    GRID_STRIDE(i, n)
+    {
+        float pi = p[i];
+        int j = adam_entry_of(t, nt, i);
+        if (j >= 0) {
+            float mi = m[i], vi = v[i];
+            pi = gd_adamw_elem(pi, g[i], &mi, &vi, beta1, beta2, eps, t[j].k);
+            p[i] = pi;
+            m[i] = mi;
+            v[i] = vi;
+        }
+        teacher[i] = gd_ema_elem(teacher[i], pi, momentum);
+    }
+}
+
+/* The table is built on the host and copied into scratch on the stream (an
+ * asynchronous copy from pageable memory has consumed the host array when
+ * it returns, as in scale_rows). */
+void cu_adamw_ema(gd_backend *be, float *p, const float *g, float *m, float *v, float *teacher,
+                  size_t n, const gd_adam_tensor *t, int nt, float lr, float beta1, float beta2,
+                  float eps, float momentum)
+{
+    cuda_ctx *c = enter(be);
+    if (!n)
+        return;
+    size_t bytes = (size_t)(nt > 0 ? nt : 0) * sizeof(adam_entry);
+    adam_entry *d = NULL;
+    if (bytes) {
+        adam_entry *h = (adam_entry *)malloc(bytes);
+        if (!h) {
+            record(c, "adamw_ema: no host memory for %d tensors", nt);
+            return;
+        }
+        for (int j = 0; j < nt; j++)
+            h[j] = adam_entry{t[j].off, t[j].off + t[j].n,
+                              gd_adam_consts_of(lr, t[j].wd, beta1, beta2, t[j].step)};
+        d = (adam_entry *)scratch(c, WS_ADAM, bytes, "adamw_ema");
+        bool ok = d && cuda_ok(c, cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, c->stream),
+                               "adamw_ema: upload of %d tensors", nt);
+        free(h);
+        if (!ok)
+            return;
+    }
+    adamw_ema_kernel<<<grid_for(n), NT, 0, c->stream>>>(p, g, m, v, teacher, n, d, nt > 0 ? nt : 0,
+                                                        beta1, beta2, eps, momentum);
+    launched(c, "adamw_ema(n=%zu, tensors=%d)", n, nt);
 }
 
 __global__ void finite_kernel(int *bad, const float *x, size_t n)
@@ -1217,6 +1287,7 @@ void fill_table(gd_backend *be)
     be->clip_per_tensor = cu_clip_per_tensor;
     be->adamw = cu_adamw;
     be->ema = cu_ema;
+    be->adamw_ema = cu_adamw_ema;
     be->sum = cu_sum;
     be->all_finite = cu_all_finite;
     fill_seg_ops(be); /* seg_ops.cu */

@@ -726,6 +726,59 @@ TEST(ops_adamw_matches_torch_formula)
     CHECK_MSG(e < 1e-6, "error %g", e);
 }
 
+/* The fused step equals adamw on each listed tensor and then ema, bit for
+ * bit: gaps between tensors, a tensor left out (a frozen layer), tensors
+ * large enough for the parallel loop, different steps and decays. */
+TEST(ops_adamw_ema_equals_adamw_then_ema)
+{
+    rng r;
+    rng_init(&r, 14, 0, 0, 0);
+    const size_t n = 150000;
+    const gd_adam_tensor tab[] = {{.off = 3, .n = 10, .wd = 0.04f, .step = 1},
+                                  {.off = 16, .n = 5, .wd = 0, .step = 7},
+                                  /* 32..99 frozen: in no tensor */
+                                  {.off = 100, .n = 70000, .wd = 0.04f, .step = 3},
+                                  {.off = 70112, .n = 79880, .wd = 0, .step = 3}};
+    const int nt = sizeof tab / sizeof tab[0];
+    float *buf[2][5]; /* [fused, separate][p, g, m, v, teacher] */
+    for (int k = 0; k < 5; k++) {
+        float *h = malloc(n * sizeof *h);
+        buf[0][k] = dev_rand(&r, n, k == 1 ? 0.1 : 1, h);
+        if (k == 3)
+            for (size_t i = 0; i < n; i++)
+                h[i] = h[i] * h[i]; /* a second moment is not negative */
+        be()->upload(be(), buf[0][k], h, n, NULL);
+        buf[1][k] = dev_zeros(n);
+        be()->upload(be(), buf[1][k], h, n, NULL);
+        free(h);
+    }
+    float **f = buf[0], **s = buf[1];
+    be()->adamw_ema(be(), f[0], f[1], f[2], f[3], f[4], n, tab, nt, 5e-4f, 0.9f, 0.999f, 1e-8f,
+                    0.996f);
+    for (int j = 0; j < nt; j++) {
+        size_t o = tab[j].off;
+        be()->adamw(be(), s[0] + o, s[1] + o, s[2] + o, s[3] + o, tab[j].n, 5e-4f, tab[j].wd, 0.9f,
+                    0.999f, 1e-8f, tab[j].step);
+    }
+    be()->ema(be(), s[4], s[0], 0.996f, n);
+    static const char *names[] = {"p", "g", "m", "v", "teacher"};
+    for (int k = 0; k < 5; k++) {
+        float *a = host_of(f[k], n), *b = host_of(s[k], n);
+        CHECK_MSG(!memcmp(a, b, n * sizeof *a), "adamw_ema: %s differs from adamw then ema",
+                  names[k]);
+        free(a), free(b);
+    }
+    /* and it did update: a frozen element keeps p, a listed one moves */
+    float *p0 = host_of(f[0], n);
+    float *fresh = malloc(n * sizeof *fresh);
+    rng_init(&r, 14, 0, 0, 0);
+    be()->release(be(), dev_rand(&r, n, 1, fresh)); /* p's initial values again */
+    CHECK(p0[50] == fresh[50] && p0[5] != fresh[5] && p0[120000] != fresh[120000]);
+    free(p0), free(fresh);
+    for (int k = 0; k < 5; k++)
+        be()->release(be(), buf[0][k]), be()->release(be(), buf[1][k]);
+}
+
 TEST(ops_clip_per_tensor_ema_sum_finite)
 {
     rng r;
