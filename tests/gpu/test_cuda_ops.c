@@ -546,6 +546,36 @@ TEST(cuda_clip_adamw_ema)
     gpu_end(&t);
 }
 
+/* The fused step in one launch (a binary search per element for its
+ * tensor) against the CPU's tensor-by-tensor loop: gaps, a frozen range,
+ * tensors on both sides of block boundaries; the same bits. */
+TEST(cuda_adamw_ema)
+{
+    gpu_test t;
+    if (!gpu_begin(&t, "fp32", 31))
+        return;
+    const size_t n = 1000003;
+    const gd_adam_tensor tab[] = {{.off = 0, .n = 1, .wd = 0.04f, .step = 1},
+                                  {.off = 5, .n = 250, .wd = 0, .step = 2},
+                                  {.off = 256, .n = 700000, .wd = 0.04f, .step = 9},
+                                  /* 700256..800000 frozen */
+                                  {.off = 800000, .n = 200003, .wd = 0.04f, .step = 9}};
+    const int nt = sizeof tab / sizeof tab[0];
+    pair *p = pair_in(&t, n, 1), *g = pair_in(&t, n, 0.01), *m = pair_acc(&t, n, 0.01);
+    pair *v = pair_in(&t, n, 0.01), *tch = pair_in(&t, n, 1);
+    SIDES(s) BE(s)->fill(BE(s), D(v, s), 1e-4f, n); /* a second moment is positive */
+    for (int rep = 0; rep < 2; rep++)
+        SIDES(s)
+        BE(s)->adamw_ema(BE(s), D(p, s), D(g, s), D(m, s), D(v, s), D(tch, s), n, tab, nt, 5e-4f,
+                         0.9f, 0.999f, 1e-8f, 0.996f);
+    SYNC(&t);
+    CHECK_CLOSE(&t, p, 0, "adamw_ema p");
+    CHECK_CLOSE(&t, m, 0, "adamw_ema m");
+    CHECK_CLOSE(&t, v, 0, "adamw_ema v");
+    CHECK_CLOSE(&t, tch, 0, "adamw_ema teacher");
+    gpu_end(&t);
+}
+
 TEST(cuda_all_finite_and_sum)
 {
     gpu_test t;
