@@ -72,7 +72,7 @@ init --patch-size 16 -o "$tmp/one.mpt"
 bin/dino-step train --ckpt "$tmp/one.mpt" --log "$tmp/one.jsonl" --log-every 1 --steps "$steps" \
     --save-every 0 "$tmp/shard0.mpt"
 # 2 ranks, the all-reduce after backward (--bucket 0) and in 25 MB buckets
-# during it (the default), alternated twice so that drift in the box's load
+# during it (the GPU default), alternated twice so that drift in the box's load
 # falls on both
 for round in 1 2; do
     for b in 0 25M; do
@@ -90,7 +90,7 @@ echo "| vit_small/16, $batch samples per rank, ${gsize}/${lsize} px | s per step
 echo "|---|---|"
 echo "| 1 process | $one |"
 echo "| 2 ranks (MPI, oversubscribed on this box's cores), all-reduce after backward (--bucket 0) | $after |"
-echo "| 2 ranks, 25 MB buckets started during backward (--bucket 25M, the default) | $bucketed |"
+echo "| 2 ranks, 25 MB buckets started during backward (--bucket 25M, the GPU default) | $bucketed |"
 echo "| bucketed / after | $($py -c "print('%.3f' % ($bucketed / $after))") |"
 echo "| all-reduce alone, as a share of the 2-rank step (after backward) | $($py -c "print('%.1f%%' % (100 * $ar16 / $after))") |"
 echo "| (2-rank step - 1-process step) / 2-rank step (after backward) | $($py -c "print('%.1f%%' % (100 * ($after - $one) / $after))") |"

@@ -52,6 +52,12 @@ struct gd_backend {
     /* ---- memory ------------------------------------------------------ */
     float *(*alloc)(gd_backend *be, size_t n, gd_err *err); /* n floats, zeroed */
     void (*release)(gd_backend *be, float *p);              /* NULL is fine */
+    /* n floats of host memory that upload and download move fastest:
+     * page-locked on the GPU, so that a copy is a DMA that leaves the host
+     * free at once (the memory must then stay untouched until sync).
+     * NULL with the reason in err; free with host_free (NULL is fine). */
+    float *(*host_alloc)(gd_backend *be, size_t n, gd_err *err);
+    void (*host_free)(gd_backend *be, float *p);
     int (*upload)(gd_backend *be, float *dst, const float *host, size_t n, gd_err *err);
     int (*download)(gd_backend *be, float *host, const float *src, size_t n, gd_err *err);
     int (*sync)(gd_backend *be, gd_err *err); /* waits for queued work, reports its errors */

@@ -73,15 +73,19 @@ float tensor_f32_at(const tensor *t, size_t i)
     }
 }
 
-int tensor_to_f32(const tensor *t, float *out)
+int tensor_range_to_f32(const tensor *t, size_t first, size_t n, float *out)
 {
     if (t->dtype != DT_F4 && t->dtype != DT_F8 && t->dtype != DT_F2 && t->dtype != DT_BF16)
         return -1;
+    if (first > t->count || n > t->count - first)
+        return -1;
     if (t->dtype == DT_F4) {
-        memcpy(out, t->data, t->count * sizeof *out);
+        memcpy(out, (const float *)t->data + first, n * sizeof *out);
         return 0;
     }
-    for (size_t i = 0; i < t->count; i++)
-        out[i] = tensor_f32_at(t, i);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tensor_f32_at(t, first + i);
     return 0;
 }
+
+int tensor_to_f32(const tensor *t, float *out) { return tensor_range_to_f32(t, 0, t->count, out); }

@@ -18,5 +18,8 @@ float bf16_to_f32(uint16_t h);
 float tensor_f32_at(const tensor *t, size_t i);
 /* All of it into out[t->count]; -1 when the dtype is not a float type. */
 int tensor_to_f32(const tensor *t, float *out);
+/* Elements first .. first + n - 1 into out[n]; -1 when the dtype is not a
+ * float type or the range goes past the end. */
+int tensor_range_to_f32(const tensor *t, size_t first, size_t n, float *out);
 
 #endif

@@ -399,32 +399,43 @@ int views_init(views *v, gd_backend *be, const batch_shape *s, gd_err *err)
     v->nviews = s->G + s->L;
     if (v->nviews > 32)
         return gd_errf(err, "batch: %d views, at most 32", v->nviews);
+    size_t total = 0, at = 0;
     for (int i = 0; i < v->nviews; i++) {
         v->res[i] = i < s->G ? s->H : s->h;
+        total += (size_t)s->B * s->C * v->res[i] * v->res[i];
+    }
+    if (!(v->stage_all = be->host_alloc(be, total, err)))
+        return -1;
+    for (int i = 0; i < v->nviews; i++) {
         size_t n = (size_t)s->B * s->C * v->res[i] * v->res[i];
+        v->stage[i] = v->stage_all + at;
+        at += n;
         if (!(v->dev[i] = be->alloc(be, n, err)))
             return -1;
     }
-    size_t ng = (size_t)s->B * s->G * s->C * s->H * s->H, nl = (size_t)s->B * s->L * s->C * s->h * s->h;
-    v->host_n = ng > nl ? ng : nl;
-    if (!(v->host = malloc(v->host_n * sizeof(float))))
-        return gd_errf(err, "out of memory");
     return 0;
 }
 
-static int upload_views(views *v, const tensor *t, int first, int nv, int res, gd_err *err)
+/* Views first .. first + nv - 1 of a [B, nv, C, res, res] tensor, sample
+ * by sample, into their staging buffers [B, C, res, res]; then each view is
+ * one upload (asynchronous on the GPU: the stage is page-locked). */
+static int stage_views(views *v, const tensor *t, int first, int nv, int res, gd_err *err)
 {
-    if (tensor_to_f32(t, v->host) < 0)
-        return gd_errf(err, "batch: tensor \"%s\": not a float type", t->name);
     size_t img = (size_t)v->s.C * res * res;
-    for (size_t i = 0; i < (size_t)v->s.B * nv * img; i++)
-        if (!isfinite(v->host[i]))
-            return gd_errf(err, "batch: tensor \"%s\": element %zu is not finite", t->name, i);
+    for (int b = 0; b < v->s.B; b++)
+        for (int k = 0; k < nv; k++) {
+            float *dst = v->stage[first + k] + (size_t)b * img;
+            if (tensor_range_to_f32(t, ((size_t)b * nv + k) * img, img, dst) < 0)
+                return gd_errf(err, "batch: tensor \"%s\": not a float type", t->name);
+            for (size_t i = 0; i < img; i++)
+                if (!isfinite(dst[i]))
+                    return gd_errf(err, "batch: tensor \"%s\": element %zu is not finite",
+                                   t->name, ((size_t)b * nv + k) * img + i);
+        }
     for (int k = 0; k < nv; k++)
-        for (int b = 0; b < v->s.B; b++)
-            if (v->be->upload(v->be, v->dev[first + k] + (size_t)b * img,
-                              v->host + ((size_t)b * nv + k) * img, img, err))
-                return -1;
+        if (v->be->upload(v->be, v->dev[first + k], v->stage[first + k], (size_t)v->s.B * img,
+                          err))
+            return -1;
     return 0;
 }
 
@@ -437,9 +448,12 @@ int views_fill(views *v, const msg *batch, gd_err *err)
         return gd_errf(err, "batch of shape B=%d G=%d L=%d C=%d H=%d h=%d, the first batch was "
                             "B=%d G=%d L=%d C=%d H=%d h=%d",
                        s.B, s.G, s.L, s.C, s.H, s.h, v->s.B, v->s.G, v->s.L, v->s.C, v->s.H, v->s.h);
-    if (upload_views(v, msg_get_tensor(batch, "global"), 0, s.G, s.H, err))
+    /* the stage is rewritten only when the uploads from it are done */
+    if (v->be->sync(v->be, err))
         return -1;
-    if (s.L && upload_views(v, msg_get_tensor(batch, "local"), s.G, s.L, s.h, err))
+    if (stage_views(v, msg_get_tensor(batch, "global"), 0, s.G, s.H, err))
+        return -1;
+    if (s.L && stage_views(v, msg_get_tensor(batch, "local"), s.G, s.L, s.h, err))
         return -1;
     return v->be->sync(v->be, err);
 }
@@ -449,7 +463,8 @@ void views_free(views *v)
     for (int i = 0; i < v->nviews; i++)
         if (v->be && v->dev[i])
             v->be->release(v->be, v->dev[i]);
-    free(v->host);
+    if (v->be)
+        v->be->host_free(v->be, v->stage_all);
     memset(v, 0, sizeof *v);
 }
 

@@ -74,8 +74,9 @@ typedef struct views {
     batch_shape s;
     int nviews, res[32];
     float *dev[32];
-    float *host;                  /* one tensor converted to f32 */
-    size_t host_n;
+    float *stage[32];             /* view k as float32 [B, C, res, res] in host memory
+                                   * from the backend (page-locked on the GPU) */
+    float *stage_all;
 } views;
 int views_init(views *v, gd_backend *be, const batch_shape *s, gd_err *err);
 int views_fill(views *v, const msg *batch, gd_err *err); /* shape must equal v->s */

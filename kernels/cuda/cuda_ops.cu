@@ -163,6 +163,31 @@ void cu_release(gd_backend *be, float *p)
         cuda_ok(c, cudaFree(p), "release: cudaFree");
 }
 
+float *cu_host_alloc(gd_backend *be, size_t n, gd_err *err)
+{
+    enter(be); /* the backend's device current */
+    float *p = NULL;
+    size_t bytes = (n ? n : 1) * sizeof(float);
+    cudaError_t e = cudaMallocHost(&p, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        gd_errf(err, "cuda: no page-locked host memory for %zu floats: %s", n,
+                cudaGetErrorString(e));
+        return NULL;
+    }
+    return p;
+}
+
+void cu_host_free(gd_backend *be, float *p)
+{
+    if (!p)
+        return;
+    cuda_ctx *c = enter(be);
+    /* a queued upload may still read it */
+    if (cuda_ok(c, cudaStreamSynchronize(c->stream), "host_free"))
+        cuda_ok(c, cudaFreeHost(p), "host_free: cudaFreeHost");
+}
+
 int transfer(gd_backend *be, void *dst, const void *src, size_t n, cudaMemcpyKind kind,
              const char *op, gd_err *err)
 {
@@ -1252,6 +1277,8 @@ void fill_table(gd_backend *be)
     be->name = "cuda";
     be->alloc = cu_alloc;
     be->release = cu_release;
+    be->host_alloc = cu_host_alloc;
+    be->host_free = cu_host_free;
     be->upload = cu_upload;
     be->download = cu_download;
     be->sync = cu_sync;

@@ -30,6 +30,9 @@ typedef struct pair {
 
 #define CPU 0
 #define GPU 1
+/* each side of a check whose gpu_test is named t, and its backend */
+#define SIDES(s) for (int s = 0; s < 2; s++)
+#define BE(s) (t.be[s])
 #define MAX_PAIRS 64
 
 typedef struct gpu_test {

@@ -14,8 +14,6 @@
 
 #include "gpu.h"
 
-#define SIDES(s) for (int s = 0; s < 2; s++)
-#define BE(s) (t.be[s])
 
 static bool has_dmlp_ops(const gd_backend *be)
 {

@@ -10,8 +10,6 @@
 #include "cuda/device.h"
 #include "gpu.h"
 
-#define SIDES(s) for (int s = 0; s < 2; s++)
-#define BE(s) (t.be[s])
 
 TEST(cuda_device_described)
 {

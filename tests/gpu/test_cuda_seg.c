@@ -12,8 +12,6 @@
 
 #include "gpu.h"
 
-#define SIDES(s) for (int s = 0; s < 2; s++)
-#define BE(s) (t.be[s])
 
 /* Labels [rows] as floats: classes in [0, K), about `ignored` of them the
  * ignore index or another value that is not a class (255, -1, K, 1.5,

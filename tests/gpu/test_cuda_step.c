@@ -14,6 +14,8 @@
 #include <string.h>
 
 #include "dino.h"
+#include "halfprec.h"
+#include "trainer.h"
 #include "gpu.h"
 #include "../unit/parity.h"
 
@@ -144,12 +146,12 @@ static void free_views(float **h)
 /* The same model, weights and random views on the CPU and on the GPU. */
 static int sides_open(side s[2], gpu_test *g, unsigned seed, gd_err *err)
 {
-    float **views = random_views(seed);
+    float **hviews = random_views(seed);
     int rc = 0;
     for (int k = 0; k < 2 && rc == 0; k++)
-        if ((rc = side_open(&s[k], g->be[k], (const float *const *)views, err)))
+        if ((rc = side_open(&s[k], g->be[k], (const float *const *)hviews, err)))
             gd_err_prefix(err, "%s", g->be[k]->name);
-    free_views(views);
+    free_views(hviews);
     return rc;
 }
 
@@ -266,4 +268,56 @@ TEST(cuda_dino_features)
         side_close(&s[k]);
     note_err("features", e);
     CHECK_MSG(e <= TOL_FP32, "features: relative L2 error %.3g", e);
+}
+
+/* A batch message into the views (trainer.c): each view staged sample by
+ * sample in the backend's host memory (page-locked on the GPU) and uploaded
+ * once; the GPU's views are the CPU's, bit for bit, also after a second
+ * batch has reused the stage. */
+TEST(cuda_views_fill)
+{
+    gpu_test t;
+    if (!gpu_begin(&t, "fp32", 32))
+        return;
+    const batch_shape shape = {.B = 3, .G = 2, .L = 3, .C = 4, .H = 32, .h = 16};
+    views v[2];
+    int ok = 1;
+    gd_err err;
+    SIDES(s) ok &= views_init(&v[s], BE(s), &shape, &err) == 0;
+    CHECK_MSG(ok, "views_init: %s", err.msg);
+    if (!ok)
+        return;
+    for (int round = 0; round < 2; round++) {
+        msg *m = msg_new("batch");
+        tensor *g = m ? msg_add_tensor(m, "global", DT_F4, 5, (int64_t[]){3, 2, 4, 32, 32}) : NULL;
+        tensor *l = g ? msg_add_tensor(m, "local", round ? DT_F2 : DT_F4, 5,
+                                       (int64_t[]){3, 3, 4, 16, 16})
+                      : NULL;
+        CHECK(l != NULL);
+        if (!l)
+            return;
+        for (size_t i = 0; i < g->count; i++)
+            ((float *)g->data)[i] = (float)rng_normal(&t.r);
+        for (size_t i = 0; i < l->count; i++) {
+            float x = (float)rng_normal(&t.r);
+            if (round)
+                ((uint16_t *)l->data)[i] = f32_to_f16(x);
+            else
+                ((float *)l->data)[i] = x;
+        }
+        SIDES(s) ok &= views_fill(&v[s], m, &err) == 0;
+        CHECK_MSG(ok, "views_fill: %s", err.msg);
+        msg_free(m);
+        for (int k = 0; ok && k < v[0].nviews; k++) {
+            size_t n = (size_t)shape.B * shape.C * v[0].res[k] * v[0].res[k];
+            float *h[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
+            SIDES(s) ok &= h[s] && BE(s)->download(BE(s), h[s], v[s].dev[k], n, &err) == 0;
+            SIDES(s) ok &= BE(s)->sync(BE(s), &err) == 0;
+            CHECK_MSG(ok && !memcmp(h[0], h[1], n * sizeof(float)),
+                      "round %d: view %d differs between the backends", round, k);
+            free(h[0]), free(h[1]);
+        }
+    }
+    SIDES(s) views_free(&v[s]);
+    gpu_end(&t);
 }

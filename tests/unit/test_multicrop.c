@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "augment.h"
+#include "halfprec.h"
+#include "msg.h"
 #include "multicrop.h"
 #include "test.h"
 
@@ -602,4 +604,33 @@ TEST(bicubic_preserves_constants)
             CHECK_NEAR(dst[i], 0.37, 1e-6);
     }
     free(src), free(dst);
+}
+
+/* A range of a float tensor as float32 (the trainer stages views with it):
+ * f4 copied, f2 converted, a range past the end or an integer tensor
+ * refused. */
+TEST(tensor_range_to_f32_bounds_and_dtypes)
+{
+    msg *m = msg_new("t");
+    tensor *a = m ? msg_add_tensor(m, "a", DT_F4, 1, (int64_t[]){5}) : NULL;
+    tensor *h = a ? msg_add_tensor(m, "h", DT_F2, 1, (int64_t[]){5}) : NULL;
+    tensor *u = h ? msg_add_tensor(m, "u", DT_U2, 1, (int64_t[]){5}) : NULL;
+    CHECK(u != NULL);
+    if (!u)
+        return;
+    for (int i = 0; i < 5; i++) {
+        ((float *)a->data)[i] = (float)i + 0.5f;
+        ((uint16_t *)h->data)[i] = f32_to_f16((float)-i);
+    }
+    float out[5] = {-1, -1, -1, -1, -1};
+    CHECK(tensor_range_to_f32(a, 2, 3, out) == 0);
+    CHECK(out[0] == 2.5f && out[1] == 3.5f && out[2] == 4.5f && out[3] == -1);
+    CHECK(tensor_range_to_f32(h, 1, 2, out) == 0);
+    CHECK(out[0] == -1.0f && out[1] == -2.0f && out[2] == 4.5f);
+    CHECK(tensor_range_to_f32(a, 5, 0, out) == 0);
+    CHECK(tensor_range_to_f32(a, 3, 3, out) == -1);
+    CHECK(tensor_range_to_f32(a, 6, 0, out) == -1);
+    CHECK(tensor_range_to_f32(a, 1, SIZE_MAX, out) == -1);
+    CHECK(tensor_range_to_f32(u, 0, 1, out) == -1);
+    msg_free(m);
 }
