@@ -15,25 +15,8 @@
 
 #include "backend.h"
 #include "dino.h"
+#include "timing.h"
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *x, int n)
-{
-    qsort(x, n, sizeof *x, cmp_double);
-    return x[n / 2];
-}
 
 enum { P, G, M, V, TEACHER, NBUF };
 
