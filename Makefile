@@ -151,7 +151,10 @@ else
 	san=$$(command -v compute-sanitizer || ls $(CUDA_HOME)/bin/compute-sanitizer 2>/dev/null); \
 	if [ -z "$$san" ]; then echo "check-gpu: compute-sanitizer not found: memcheck not run"; \
 	else $$san --tool memcheck --error-exitcode 1 $(GPU_BIN) cuda_dino_one_step || exit 1; \
-		echo "check-gpu: memcheck clean on one step"; fi
+		echo "check-gpu: memcheck clean on one step"; fi; \
+	tests/cli/one_rank.sh cuda; rc=$$?; \
+	if [ $$rc -eq 77 ]; then echo "check-gpu: the NCCL one-rank check did not run"; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; fi
 endif
 
 asan:

@@ -860,7 +860,9 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
     long epoch = it / c->niter_per_epoch;
     *st = (dino_step_stats){.lr = s.lr, .weight_decay = s.weight_decay, .momentum = s.momentum,
                             .teacher_temp = s.teacher_temp};
-    bool dist = t->comm && t->comm->world > 1;
+    /* a distributed communicator of one rank goes through its collectives
+     * too: that is how a transport is checked against a plain run */
+    bool dist = t->comm && t->comm != gd_comm_single();
     bool buckets = dist && t->bucket > 0;
     t->overlap = buckets, t->comm_failed = 0;
     int rc = dino_trainer_loss(t, views, it, s.teacher_temp, true, &st->loss, err);

@@ -129,11 +129,14 @@ int dino_trainer_step(dino_trainer *t, float *const *views, long it, dino_step_s
 /* Data-parallel training over c's ranks (each holds a full replica and
  * its own B samples): dino_trainer_step then takes the global mean of the
  * loss, averages the gradient before clipping (one all-reduce over the
- * whole gradient buffer) and updates the center with the global batch mean
- * of the teacher output, as DINO does; drop-path masks are drawn as one
- * process would draw them for the batch of B * world samples in rank
- * order.  So world ranks train as one process on the concatenated batch.
- * NULL (the default) or a world of 1: one process, unchanged. */
+ * whole gradient buffer, or buckets: dino_trainer_set_buckets) and updates
+ * the center with the global batch mean of the teacher output, as DINO
+ * does; drop-path masks are drawn as one process would draw them for the
+ * batch of B * world samples in rank order.  So world ranks train as one
+ * process on the concatenated batch.  NULL (the default) or
+ * gd_comm_single(): one process, unchanged; a distributed communicator of
+ * one rank runs its collectives (identities), which checks a transport
+ * against the plain run. */
 void dino_trainer_set_comm(dino_trainer *t, gd_comm *c);
 /* The gradient all-reduce of a distributed step in buckets of about
  * `floats` floats, each started as soon as the backward pass has finished

@@ -895,7 +895,7 @@ static void open_backend(run *r)
     static char device[64];
     gd_backend_rank_device(r->device, r->comm->local_rank, device, sizeof device);
     r->be = pick_device(device, r->precision);
-    if (r->comm->world > 1) /* NCCL orders its reductions after the backward pass's kernels */
+    if (r->comm != gd_comm_single()) /* NCCL orders its reductions after the backward kernels */
         r->comm->stream = gd_backend_stream(r->be);
 }
 

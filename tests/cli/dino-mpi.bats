@@ -191,6 +191,13 @@ PY
     assert_output --partial "--bucket: '12X' is not a size"
 }
 
+@test "mpi: one rank through MPI's collectives (--distributed yes), with and without buckets, equals the plain run" {
+    needs_mpi
+    run "$ROOT/tests/cli/one_rank.sh" cpu "$BIN"
+    assert_success
+    assert_output --partial "matches the plain run (3 steps)"
+}
+
 @test "mpi: a 2-rank run resumes from its checkpoint to the same state as one run" {
     needs_mpi
     shards
