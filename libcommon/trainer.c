@@ -392,6 +392,19 @@ void run_config_fix_sizes(run_config *c, const batch_shape *s)
         c->local_crops_size = s->h;
 }
 
+/* Where each view lies in a staged buffer: the views back to back, each
+ * [B, C, res, res]; the total in floats. */
+static size_t view_layout(const batch_shape *s, size_t *off)
+{
+    size_t at = 0;
+    for (int k = 0; k < s->G + s->L; k++) {
+        int res = k < s->G ? s->H : s->h;
+        off[k] = at;
+        at += (size_t)s->B * s->C * res * res;
+    }
+    return at;
+}
+
 int views_init(views *v, gd_backend *be, const batch_shape *s, gd_err *err)
 {
     memset(v, 0, sizeof *v);
@@ -400,40 +413,31 @@ int views_init(views *v, gd_backend *be, const batch_shape *s, gd_err *err)
     v->nviews = s->G + s->L;
     if (v->nviews > 32)
         return gd_errf(err, "batch: %d views, at most 32", v->nviews);
-    size_t total = 0, at = 0;
+    size_t off[32], total = view_layout(s, off);
     for (int i = 0; i < v->nviews; i++) {
         v->res[i] = i < s->G ? s->H : s->h;
-        total += (size_t)s->B * s->C * v->res[i] * v->res[i];
-    }
-    if (!(v->stage_all = be->host_alloc(be, total, err)))
-        return -1;
-    for (int i = 0; i < v->nviews; i++) {
-        size_t n = (size_t)s->B * s->C * v->res[i] * v->res[i];
-        v->stage[i] = v->stage_all + at;
-        at += n;
-        if (!(v->dev[i] = be->alloc(be, n, err)))
+        size_t end = i + 1 < v->nviews ? off[i + 1] : total;
+        if (!(v->dev[i] = be->alloc(be, end - off[i], err)))
             return -1;
     }
     return 0;
 }
 
-/* Views first .. first + nv - 1 of a [B, nv, C, res, res] tensor, sample
- * by sample, into their staging buffers [B, C, res, res], in parallel (on
- * a GPU this host work is what the step waits for); then each view is one
- * upload (asynchronous on the GPU: the stage is page-locked).  The error
- * names the first non-finite element, as a sequential scan would. */
-static int stage_views(views *v, const tensor *t, int first, int nv, int res, gd_err *err)
+/* The nv views of a [B, nv, C, res, res] tensor, sample by sample, into
+ * base + off[k] ([B, C, res, res] each), in parallel (on a GPU this host
+ * work is what a step would wait for).  The error names the first
+ * non-finite element, as a sequential scan would. */
+static int convert_views(float *base, const size_t *off, const tensor *t, const batch_shape *s,
+                         int nv, int res, gd_err *err)
 {
-    if (!is_float(t->dtype))
-        return gd_errf(err, "batch: tensor \"%s\": not a float type", t->name);
-    size_t img = (size_t)v->s.C * res * res, bad = SIZE_MAX;
-    int B = v->s.B;
+    size_t img = (size_t)s->C * res * res, bad = SIZE_MAX;
+    int B = s->B;
 #pragma omp parallel for collapse(2) reduction(min : bad) if ((size_t)B * nv * img > 65536)
     for (int b = 0; b < B; b++)
         for (int k = 0; k < nv; k++) {
             size_t at = ((size_t)b * nv + k) * img;
-            float *dst = v->stage[first + k] + (size_t)b * img;
-            /* cannot fail: a float dtype, and batch_shape_of checked the extent */
+            float *dst = base + off[k] + (size_t)b * img;
+            /* cannot fail: batch_shape_of checked the dtype and the extent */
             (void)tensor_range_to_f32(t, at, img, dst);
             for (size_t i = 0; i < img; i++)
                 if (!isfinite(dst[i])) {
@@ -443,29 +447,75 @@ static int stage_views(views *v, const tensor *t, int first, int nv, int res, gd
         }
     if (bad != SIZE_MAX)
         return gd_errf(err, "batch: tensor \"%s\": element %zu is not finite", t->name, bad);
-    for (int k = 0; k < nv; k++)
-        if (v->be->upload(v->be, v->dev[first + k], v->stage[first + k], (size_t)B * img, err))
-            return -1;
     return 0;
+}
+
+void staged_batch_make(staged_batch *sb, gd_backend *be, const msg *batch)
+{
+    sb->status = -1;
+    sb->shape_ok = batch_shape_of(batch, &sb->s, &sb->err) == 0;
+    if (!sb->shape_ok)
+        return;
+    const batch_shape *s = &sb->s;
+    if (s->G + s->L > 32) {
+        gd_errf(&sb->err, "batch: %d views, at most 32", s->G + s->L);
+        return;
+    }
+    size_t off[32], n = view_layout(s, off);
+    if (n > sb->cap) {
+        be->host_free(be, sb->buf);
+        sb->cap = 0;
+        if (!(sb->buf = be->host_alloc(be, n, &sb->err)))
+            return;
+        sb->cap = n;
+    }
+    if (convert_views(sb->buf, off, msg_get_tensor(batch, "global"), s, s->G, s->H, &sb->err))
+        return;
+    if (s->L && convert_views(sb->buf, off + s->G, msg_get_tensor(batch, "local"), s, s->L, s->h,
+                              &sb->err))
+        return;
+    sb->status = 0;
+}
+
+void staged_batch_free(staged_batch *sb, gd_backend *be)
+{
+    be->host_free(be, sb->buf);
+    memset(sb, 0, sizeof *sb);
+}
+
+static int staged_error(const staged_batch *sb, gd_err *err)
+{
+    if (err)
+        *err = sb->err;
+    return -1;
+}
+
+int views_fill_staged(views *v, const staged_batch *sb, gd_err *err)
+{
+    if (!sb->shape_ok)
+        return staged_error(sb, err);
+    const batch_shape *s = &sb->s;
+    if (memcmp(s, &v->s, sizeof *s) != 0)
+        return gd_errf(err, "batch of shape B=%d G=%d L=%d C=%d H=%d h=%d, the first batch was "
+                            "B=%d G=%d L=%d C=%d H=%d h=%d",
+                       s->B, s->G, s->L, s->C, s->H, s->h, v->s.B, v->s.G, v->s.L, v->s.C, v->s.H,
+                       v->s.h);
+    if (sb->status)
+        return staged_error(sb, err);
+    size_t off[32], total = view_layout(s, off);
+    for (int k = 0; k < v->nviews; k++) {
+        size_t end = k + 1 < v->nviews ? off[k + 1] : total;
+        if (v->be->upload(v->be, v->dev[k], sb->buf + off[k], end - off[k], err))
+            return -1;
+    }
+    /* the staged buffer may be reused once this returns */
+    return v->be->sync(v->be, err);
 }
 
 int views_fill(views *v, const msg *batch, gd_err *err)
 {
-    batch_shape s;
-    if (batch_shape_of(batch, &s, err))
-        return -1;
-    if (memcmp(&s, &v->s, sizeof s) != 0)
-        return gd_errf(err, "batch of shape B=%d G=%d L=%d C=%d H=%d h=%d, the first batch was "
-                            "B=%d G=%d L=%d C=%d H=%d h=%d",
-                       s.B, s.G, s.L, s.C, s.H, s.h, v->s.B, v->s.G, v->s.L, v->s.C, v->s.H, v->s.h);
-    /* the stage is rewritten only when the uploads from it are done */
-    if (v->be->sync(v->be, err))
-        return -1;
-    if (stage_views(v, msg_get_tensor(batch, "global"), 0, s.G, s.H, err))
-        return -1;
-    if (s.L && stage_views(v, msg_get_tensor(batch, "local"), s.G, s.L, s.h, err))
-        return -1;
-    return v->be->sync(v->be, err);
+    staged_batch_make(&v->own, v->be, batch);
+    return views_fill_staged(v, &v->own, err);
 }
 
 void views_free(views *v)
@@ -474,7 +524,7 @@ void views_free(views *v)
         if (v->be && v->dev[i])
             v->be->release(v->be, v->dev[i]);
     if (v->be)
-        v->be->host_free(v->be, v->stage_all);
+        staged_batch_free(&v->own, v->be);
     memset(v, 0, sizeof *v);
 }
 

@@ -68,17 +68,34 @@ int crop_size_check(const run_config *c, const char *what, int size, gd_err *err
 /* Records the first batch's crop sizes where the configuration has none. */
 void run_config_fix_sizes(run_config *c, const batch_shape *s);
 
+/* A batch message converted to float32, view by view ([B, C, res, res]
+ * each, back to back) and checked, in host memory of the backend
+ * (page-locked on the GPU): what views_fill does on the host, which an
+ * input thread can do while the trainer computes the previous step. */
+typedef struct staged_batch {
+    batch_shape s;
+    bool shape_ok;   /* s is the batch's shape */
+    int status;      /* 0: ready; -1: unusable, err says why */
+    gd_err err;
+    float *buf;
+    size_t cap;      /* floats in buf, kept for the next batch */
+} staged_batch;
+/* Fills sb from batch (any thread; the result, good or not, is in sb). */
+void staged_batch_make(staged_batch *sb, gd_backend *be, const msg *batch);
+void staged_batch_free(staged_batch *sb, gd_backend *be);
+
 /* Device buffers for the views, filled from batch messages. */
 typedef struct views {
     gd_backend *be;
     batch_shape s;
     int nviews, res[32];
     float *dev[32];
-    float *stage[32];             /* view k as float32 [B, C, res, res] in host memory
-                                   * from the backend (page-locked on the GPU) */
-    float *stage_all;
+    staged_batch own;             /* views_fill's */
 } views;
 int views_init(views *v, gd_backend *be, const batch_shape *s, gd_err *err);
+/* The staged batch into the device views: one upload per view; sb may be
+ * reused when it returns.  The shape must equal v->s. */
+int views_fill_staged(views *v, const staged_batch *sb, gd_err *err);
 int views_fill(views *v, const msg *batch, gd_err *err); /* shape must equal v->s */
 void views_free(views *v);
 

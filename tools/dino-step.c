@@ -268,6 +268,7 @@ typedef enum { IT_MSG, IT_END, IT_ERROR } item_kind;
 typedef struct item {
     item_kind kind;
     msg *m;
+    staged_batch *sb;        /* a batch message, converted by the input thread */
     conn *c;
     char err[1024];
 } item;
@@ -339,6 +340,78 @@ static int q_pop(item *it, int ms)
     }
     pthread_mutex_unlock(&Q.lock);
     return got;
+}
+
+/* ======================================================================
+ * Batches staged by the input threads
+ * ====================================================================== */
+
+/* An input thread converts each batch message into a staged_batch
+ * (trainer.h: float32 views in the backend's host memory, page-locked on
+ * the GPU) while the training thread computes, which then only uploads
+ * it.  Staged buffers go round through a pool; the input threads stage
+ * under stage_lock, which the end of a run takes to stop them before the
+ * backend closes. */
+#define POOL_CAP (QCAP + 2) /* the queue's, the one being read, the one being trained */
+static struct {
+    pthread_mutex_t lock, stage_lock;
+    staged_batch *free[POOL_CAP];
+    int n;
+    gd_backend *be; /* NULL: no staging (before a run's backend, after its end) */
+} P = {.lock = PTHREAD_MUTEX_INITIALIZER, .stage_lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* NULL when the message is no batch or staging is off: the training
+ * thread then converts it itself (views_fill), with the same errors. */
+static staged_batch *stage_batch(const msg *m)
+{
+    if (strcmp(m->kind, "batch"))
+        return NULL;
+    pthread_mutex_lock(&P.stage_lock);
+    staged_batch *sb = NULL;
+    if (P.be) {
+        pthread_mutex_lock(&P.lock);
+        sb = P.n ? P.free[--P.n] : NULL;
+        pthread_mutex_unlock(&P.lock);
+        if (sb || (sb = calloc(1, sizeof *sb)))
+            staged_batch_make(sb, P.be, m);
+    }
+    pthread_mutex_unlock(&P.stage_lock);
+    return sb;
+}
+
+static void unstage(staged_batch *sb)
+{
+    if (!sb)
+        return;
+    pthread_mutex_lock(&P.lock);
+    if (P.be && P.n < POOL_CAP) {
+        P.free[P.n++] = sb;
+        sb = NULL;
+    }
+    gd_backend *be = P.be;
+    pthread_mutex_unlock(&P.lock);
+    if (sb && be)
+        staged_batch_free(sb, be);
+    free(sb); /* without a backend its buffer goes with the process */
+}
+
+static void staging_start(gd_backend *be) { P.be = be; }
+
+/* Before the backend closes: no input thread stages any more, the pool's
+ * buffers are freed. */
+static void staging_stop(void)
+{
+    pthread_mutex_lock(&P.stage_lock);
+    pthread_mutex_lock(&P.lock);
+    gd_backend *be = P.be;
+    P.be = NULL;
+    for (int i = 0; i < P.n; i++) {
+        staged_batch_free(P.free[i], be);
+        free(P.free[i]);
+    }
+    P.n = 0;
+    pthread_mutex_unlock(&P.lock);
+    pthread_mutex_unlock(&P.stage_lock);
 }
 
 /* ======================================================================
@@ -562,11 +635,11 @@ static void check_collapse(run *r)
 /* A batch into the views (the first one also makes the trainer).  0: ok;
  * -1: the batch is unusable (err says why; the state is unchanged); -2:
  * training cannot go on. */
-static int run_prepare(run *r, const msg *batch, gd_err *err)
+static int run_prepare(run *r, const msg *batch, const staged_batch *sb, gd_err *err)
 {
     if (!r->t && run_start(r, batch, err))
         return r->t ? -2 : -1;
-    return views_fill(&r->v, batch, err) ? -1 : 0;
+    return (sb ? views_fill_staged(&r->v, sb, err) : views_fill(&r->v, batch, err)) ? -1 : 0;
 }
 
 static int run_check(run *r, gd_err *err);
@@ -620,9 +693,9 @@ static int run_prepared_step(run *r, gd_err *err)
 }
 
 /* One training step on a batch: run_prepare's and run_prepared_step's codes. */
-static int run_step(run *r, const msg *batch, gd_err *err)
+static int run_step(run *r, const msg *batch, const staged_batch *sb, gd_err *err)
 {
-    int rc = run_prepare(r, batch, err);
+    int rc = run_prepare(r, batch, sb, err);
     return rc ? rc : run_prepared_step(r, err);
 }
 
@@ -630,6 +703,7 @@ static void run_free(run *r)
 {
     if (r->progress)
         fputc('\n', stderr);
+    staging_stop();
     views_free(&r->v);
     dino_trainer_free(r->t);
     gd_backend_close(r->be);
@@ -862,7 +936,7 @@ static void *stream_thread(void *arg)
             msg_reader_close(rd);
             return NULL;
         }
-        it = (item){.kind = IT_MSG, .m = m};
+        it = (item){.kind = IT_MSG, .m = m, .sb = stage_batch(m)};
         q_push(&it);
     }
     it = (item){.kind = IT_END};
@@ -976,6 +1050,7 @@ static int cmd_train(int argc, char **argv)
         want = r.steps_max;
     static stream_src src;
     src = (stream_src){.path = input, .max = want};
+    staging_start(r.be);
     if (start_thread(stream_thread, &src))
         cli_fail("cannot start the input thread");
     gd_err err;
@@ -992,7 +1067,7 @@ static int cmd_train(int argc, char **argv)
         double f[NF] = {[F_STOP] = sig_stop != 0, [F_SAVE] = sig_save != 0};
         sig_save = 0;
         if (have && it.kind == IT_MSG) {
-            int rc = run_prepare(&r, it.m, &err);
+            int rc = run_prepare(&r, it.m, it.sb, &err);
             if (rc == -2)
                 cli_fail("%s", err.msg);
             if (rc == -1)
@@ -1020,6 +1095,7 @@ static int cmd_train(int argc, char **argv)
             continue; /* a save while some rank still waited for its batch */
         int rc = run_prepared_step(&r, &err);
         msg_free(it.m);
+        unstage(it.sb);
         have = false;
         if (rc) {
             /* a non-finite loss or a device error: the state may be bad, the
@@ -1027,8 +1103,10 @@ static int cmd_train(int argc, char **argv)
             cli_fail("%s; %s (step %ld) is kept", err.msg, r.ckpt, r.saved_step);
         }
     }
-    if (have && it.kind == IT_MSG)
+    if (have && it.kind == IT_MSG) {
         msg_free(it.m);
+        unstage(it.sb);
+    }
     if (run_save(&r, &err))
         cli_fail("%s", err.msg);
     if (status)
@@ -1123,7 +1201,7 @@ static void *conn_thread(void *arg)
                 drop_conn(c, NULL, err.msg);
             break;
         }
-        item it = {.kind = IT_MSG, .m = m, .c = c};
+        item it = {.kind = IT_MSG, .m = m, .sb = stage_batch(m), .c = c};
         q_push(&it);
     }
     msg_reader_close(rd);
@@ -1223,6 +1301,7 @@ static int cmd_serve(int argc, char **argv)
     run_load(&r);
     install_signals();
     serve_listen(path);
+    staging_start(r.be);
     if (start_thread(accept_thread, NULL))
         cli_fail("cannot start the accept thread");
     if (r.progress)
@@ -1248,7 +1327,7 @@ static int cmd_serve(int argc, char **argv)
         if (dropped) {
             /* queued before its connection was closed: not trusted any more */
         } else if (!strcmp(it.m->kind, "batch")) {
-            int rc = run_step(&r, it.m, &err);
+            int rc = run_step(&r, it.m, it.sb, &err);
             if (rc == -1)
                 drop_conn(c, NULL, err.msg);
             else if (rc == -2)
@@ -1271,6 +1350,7 @@ static int cmd_serve(int argc, char **argv)
                     cli_fail("%s", err.msg);
                 send_reply(c, cmd, true, NULL, &r);
                 msg_free(it.m);
+                unstage(it.sb);
                 conn_unref(c);
                 break;
             } else {
@@ -1285,6 +1365,7 @@ static int cmd_serve(int argc, char **argv)
             drop_conn(c, NULL, why);
         }
         msg_free(it.m);
+        unstage(it.sb);
         conn_unref(c);
     }
     if (run_save(&r, &err))

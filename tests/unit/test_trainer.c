@@ -1,9 +1,12 @@
 /* trainer.c and ema.c: the configuration survives checkpoint meta key by
  * key, checkpoints restore the whole state, ema on named tensors. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ema.h"
+#include "msg.h"
+#include "ops.h"
 #include "test.h"
 #include "trainer.h"
 
@@ -107,4 +110,66 @@ TEST(ema_on_named_tensors_matches_the_formula_and_checks_pairs)
     CHECK_NEAR(ema_cosine_momentum(0.996, 0, 100), 0.996, 1e-15);
     CHECK_NEAR(ema_cosine_momentum(0.9, 50, 100), 0.95, 1e-15);
     msg_free(t), msg_free(s);
+}
+
+/* A batch [B, V, C, r, r] with element i = i / 1000 (f4), or NaN at one
+ * index. */
+static msg *numbered_batch(int B, int G, int L, int C, int H, int h, long nan_at)
+{
+    msg *m = msg_new("batch");
+    tensor *g = m ? msg_add_tensor(m, "global", DT_F4, 5, (int64_t[]){B, G, C, H, H}) : NULL;
+    tensor *l = g && L ? msg_add_tensor(m, "local", DT_F4, 5, (int64_t[]){B, L, C, h, h}) : NULL;
+    if (!g || (L && !l))
+        return NULL;
+    for (size_t i = 0; i < g->count; i++)
+        ((float *)g->data)[i] = (long)i == nan_at ? NAN : (float)i / 1000;
+    for (size_t i = 0; l && i < l->count; i++)
+        ((float *)l->data)[i] = -(float)i / 1000;
+    return m;
+}
+
+/* The views a staged batch uploads: sample b of view k of the message,
+ * as [B, C, r, r] per view; the first non-finite element named; a shape
+ * that differs from the views' refused; the buffer reused. */
+TEST(trainer_staged_batch_into_views)
+{
+    gd_backend *be = gd_backend_cpu();
+    const batch_shape s = {.B = 3, .G = 2, .L = 3, .C = 2, .H = 8, .h = 4};
+    views v;
+    gd_err err;
+    CHECK(views_init(&v, be, &s, &err) == 0);
+    msg *m = numbered_batch(3, 2, 3, 2, 8, 4, -1);
+    staged_batch sb = {0};
+    staged_batch_make(&sb, be, m);
+    CHECK(sb.status == 0 && sb.shape_ok);
+    CHECK(views_fill_staged(&v, &sb, &err) == 0);
+    size_t gimg = 2 * 8 * 8, limg = 2 * 4 * 4;
+    /* view 1, sample 2, element 5 of the global tensor [3, 2, C, 8, 8] */
+    CHECK(v.dev[1][2 * gimg + 5] == (float)((2 * 2 + 1) * gimg + 5) / 1000);
+    /* view 2 + 2 = the third local view, sample 1, element 7 */
+    CHECK(v.dev[4][1 * limg + 7] == -(float)((1 * 3 + 2) * limg + 7) / 1000);
+    float *keep = sb.buf;
+    msg_free(m);
+
+    m = numbered_batch(3, 2, 3, 2, 8, 4, 700);
+    staged_batch_make(&sb, be, m);
+    CHECK(sb.buf == keep); /* same size: the buffer is kept */
+    CHECK(views_fill_staged(&v, &sb, &err) == -1);
+    CHECK_MSG(strstr(err.msg, "tensor \"global\": element 700 is not finite") != NULL, "%s",
+              err.msg);
+    CHECK(views_fill(&v, m, &err) == -1 && strstr(err.msg, "element 700 is not finite"));
+    msg_free(m);
+
+    m = numbered_batch(2, 2, 3, 2, 8, 4, 5);
+    staged_batch_make(&sb, be, m);
+    CHECK(views_fill_staged(&v, &sb, &err) == -1);
+    CHECK_MSG(strstr(err.msg, "batch of shape B=2") != NULL, "%s", err.msg); /* before the NaN */
+    msg_free(m);
+
+    m = msg_new("batch");
+    staged_batch_make(&sb, be, m);
+    CHECK(!sb.shape_ok && views_fill_staged(&v, &sb, &err) == -1);
+    msg_free(m);
+    staged_batch_free(&sb, be);
+    views_free(&v);
 }
