@@ -632,14 +632,14 @@ static void cpu_adamw(gd_backend *be, float *p, const float *g, float *m, float 
                       float lr, float wd, float beta1, float beta2, float eps, int step)
 {
     gd_adam_consts k = gd_adam_consts_of(lr, wd, beta1, beta2, step);
-#pragma omp parallel for if (n > PAR_MIN)
+#pragma omp parallel for simd if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++)
         p[i] = gd_adamw_elem(p[i], g[i], &m[i], &v[i], beta1, beta2, eps, k);
 }
 
 static void cpu_ema(gd_backend *be, float *teacher, const float *student, float m, size_t n)
 {
-#pragma omp parallel for if (n > PAR_MIN)
+#pragma omp parallel for simd if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++)
         teacher[i] = gd_ema_elem(teacher[i], student[i], m);
 }
@@ -655,7 +655,7 @@ static void cpu_adamw_ema(gd_backend *be, float *p, const float *g, float *m, fl
         cpu_ema(be, teacher + at, p + at, momentum, t[j].off - at);
         gd_adam_consts k = gd_adam_consts_of(lr, t[j].wd, beta1, beta2, t[j].step);
         size_t lo = t[j].off, hi = t[j].off + t[j].n;
-#pragma omp parallel for if (hi - lo > PAR_MIN)
+#pragma omp parallel for simd if (hi - lo > PAR_MIN)
         for (size_t i = lo; i < hi; i++) {
             p[i] = gd_adamw_elem(p[i], g[i], &m[i], &v[i], beta1, beta2, eps, k);
             teacher[i] = gd_ema_elem(teacher[i], p[i], momentum);
