@@ -2,6 +2,7 @@
 #
 #   make            lib/libcommon.a and bin/<tool>  (-O2 -g, warnings are errors)
 #   make asan       the same with ASan + UBSan into build-asan/
+#   make emu        the same with the CUDA backend on a CPU emulator into build-emu/
 #   make check      install dependencies, build, run every test
 #   make demo       install dependencies, build, run the main job on bundled data
 #   make fuzz       libFuzzer targets for a bounded time (FUZZ_SECONDS each)
@@ -36,6 +37,13 @@ NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin
 ifeq ($(SAN),1)
 NVCC :=            # the CUDA runtime and ASan do not share an address space well
 endif
+# EMU=1: the CUDA sources built as C++ against the CPU emulator of the CUDA
+# runtime and cuBLAS (tests/emu), so that test-gpu runs their kernels, with
+# ASan and UBSan too, where there is no GPU (make emu)
+EMU     ?= 0
+ifeq ($(EMU),1)
+NVCC    := tests/emu/cu2cpp.sh
+endif
 CUDA_HOME  := $(patsubst %/bin/nvcc,%,$(NVCC))
 # --fmad=false: no multiply-add contraction in our kernels, so that the
 # elementwise ops (EMA, AdamW, axpy, ...) round as the CPU backend does and
@@ -52,6 +60,12 @@ UNIT_OBJ := $(UNIT_SRC:%.c=$(OBJDIR)/%.o)
 UNIT_BIN := $(BUILD)/test-unit
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(OBJDIR)/%.o)
+ifeq ($(EMU),1)
+CUDA_OBJ += $(OBJDIR)/tests/emu/emu.o
+EMU_TEST := $(BUILD)/test-emu
+EMU_CXXFLAGS = -std=c++17 -O2 -g -pthread -Itests/emu/include -Ilibcommon -Ikernels -MMD -MP \
+               -Wall -Wextra -Werror -Wno-unused-parameter $(SANFLAGS)
+endif
 GPU_SRC  := $(wildcard tests/gpu/*.c)
 GPU_BIN  := $(BUILD)/test-gpu
 
@@ -61,10 +75,14 @@ GPU_BIN  := $(BUILD)/test-gpu
 # and --as-needed keeps the CUDA libraries out of them.
 ifneq ($(NVCC),)
 CUDA_LIB  := $(LIBDIR)/libgdcuda.a
+ifeq ($(EMU),1)
+LIBS      := -Wl,--start-group $(LIBDIR)/libcommon.a $(CUDA_LIB) -Wl,--end-group -lstdc++
+else
 LIBS      := -Wl,--start-group $(LIBDIR)/libcommon.a $(CUDA_LIB) -Wl,--end-group \
              -L$(CUDA_HOME)/lib64 -Wl,--as-needed -lcublas -lcudart -lstdc++ \
              -Wl,-rpath,$(CUDA_HOME)/lib64
-ALL_EXTRA := $(CUDA_LIB) $(GPU_BIN)
+endif
+ALL_EXTRA := $(CUDA_LIB) $(GPU_BIN) $(EMU_TEST)
 $(OBJDIR)/libcommon/backend.o: CFLAGS += -DGD_HAVE_CUDA
 else
 LIBS      := $(LIBDIR)/libcommon.a
@@ -86,7 +104,9 @@ PLUGIN_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -fPIC -shared -pthread $(WARN) -Il
 ifneq ($(MPICC),)
 DIST_LIBS := $(LIBDIR)/geodino-mpi.so
 ifneq ($(and $(NVCC),$(NCCL_H),$(NCCL_LIB)),)
+ifneq ($(EMU),1)
 DIST_LIBS += $(LIBDIR)/geodino-nccl.so
+endif
 endif
 endif
 
@@ -101,7 +121,7 @@ $(LIBDIR)/geodino-nccl.so: kernels/dist/comm_mpi.c libcommon/comm.h
 	    -Wl,-rpath,$(dir $(NCCL_LIB)) -Wl,-rpath,$(CUDA_HOME)/lib64
 # ---- end of distributed training ----------------------------------------------
 
-.PHONY: all asan check check-gpu demo deps fuzz bench clean unit cli gpu
+.PHONY: all asan emu check check-gpu demo deps fuzz bench clean unit cli gpu
 .DEFAULT_GOAL := all
 
 all: $(LIBDIR)/libcommon.a $(TOOLS) $(UNIT_BIN) $(ALL_EXTRA) $(DIST_LIBS)
@@ -118,9 +138,27 @@ $(OBJDIR)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+ifeq ($(EMU),1)
+# the converted headers sit beside the converted sources, where their
+# quoted #includes find them first
+EMU_HDR := $(patsubst %,$(OBJDIR)/%,$(wildcard kernels/cuda/*.h))
+$(OBJDIR)/kernels/cuda/%.h: kernels/cuda/%.h tests/emu/cu2cpp.sh
+	@mkdir -p $(dir $@)
+	tests/emu/cu2cpp.sh $< $@
+
+$(OBJDIR)/%.o: %.cu tests/emu/cu2cpp.sh $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	tests/emu/cu2cpp.sh $< $(OBJDIR)/$*.emu.cpp
+	$(CXX) $(EMU_CXXFLAGS) -iquote $(dir $<) -c $(OBJDIR)/$*.emu.cpp -o $@
+
+$(OBJDIR)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+else
 $(OBJDIR)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+endif
 
 $(LIBDIR)/libcommon.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -139,6 +177,9 @@ $(UNIT_BIN): $(UNIT_OBJ) $(LIBDIR)/libcommon.a $(CUDA_LIB)
 
 $(GPU_BIN): $(GPU_OBJ) $(CUDA_LIB) $(LIBDIR)/libcommon.a
 	$(CC) $(LDFLAGS) $(GPU_OBJ) $(LIBS) $(LDLIBS) -o $@
+
+$(BUILD)/test-emu: $(OBJDIR)/tests/emu/test_emu.o $(OBJDIR)/tests/unit/main.o $(CUDA_LIB)
+	$(CC) $(LDFLAGS) $(OBJDIR)/tests/emu/test_emu.o $(OBJDIR)/tests/unit/main.o $(LIBS) $(LDLIBS) -o $@
 
 # The GPU checks, then compute-sanitizer's memcheck on one training step
 # when it is installed.  Without a CUDA build or a GPU: says so, exits 0,
@@ -163,12 +204,17 @@ endif
 asan:
 	$(MAKE) BUILD=build-asan SAN=1 all
 
+# the CUDA backend on the CPU emulator, with ASan and UBSan: build-emu/test-gpu
+emu:
+	$(MAKE) BUILD=build-emu SAN=1 EMU=1 all
+
 deps:
 	@scripts/deps.sh
 
 check: deps
 	$(MAKE) all
 	$(MAKE) asan
+	$(MAKE) emu
 	scripts/check.sh
 
 demo: deps
@@ -183,6 +229,6 @@ bench: all
 	@for b in bench/*.sh; do echo "== $$b"; $$b || exit 1; done
 
 clean:
-	rm -rf build build-asan build-fuzz lib bin
+	rm -rf build build-asan build-emu build-fuzz lib bin
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -55,6 +55,10 @@ run_counted "unit" build/test-unit
 [ -x build/test-gpu ] && run_counted "gpu" build/test-gpu
 run_bats "cli" "$PWD/bin"
 run_counted "unit (ASan+UBSan)" build-asan/test-unit
+# The CUDA backend's kernels on the CPU emulator (tests/emu), ASan+UBSan:
+# real runs of the kernel code, but not of a GPU (see tests/emu/README.md)
+run_counted "gpu checks on the CUDA emulator (ASan+UBSan)" build-emu/test-gpu
+run_counted "emulator self-test (ASan+UBSan)" build-emu/test-emu
 run_bats "cli (ASan+UBSan)" "$PWD/build-asan/bin"
 
 echo "check: $passed passed, $failed failed, $skipped skipped"

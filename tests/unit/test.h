@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#ifdef __cplusplus
+extern "C" { /* the emulator's self-test (tests/emu/test_emu.cu) is C++ */
+#endif
 typedef void (*test_fn)(void);
 void test_register(const char *name, test_fn fn);
 void test_fail(const char *file, int line, const char *fmt, ...)
@@ -19,6 +22,9 @@ int test_failed(void);
 const char *test_tmpdir(void);
 /* "tmpdir/name" in a static rotating buffer. */
 const char *test_path(const char *name);
+#ifdef __cplusplus
+}
+#endif
 
 #define TEST(name)                                                                  \
     static void name(void);                                                         \
