@@ -29,12 +29,14 @@ run_counted() {
     passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
 }
 
-# bats in TAP form: "ok", "not ok", and "ok ... # skip".
+# bats in TAP form: "ok", "not ok", and "ok ... # skip".  The test files
+# after the build directory (default: all of tests/cli).
 run_bats() {
-    local label=$1 bindir=$2
+    local label=$1 bindir=$2; shift 2
+    [ $# -gt 0 ] || set -- tests/cli
     echo "== $label"
     local out rc
-    out=$(GEODINO_BIN="$bindir" bats --tap tests/cli 2>&1); rc=$?
+    out=$(GEODINO_BIN="$bindir" bats --tap "$@" 2>&1); rc=$?
     printf '%s\n' "$out"
     local p f s
     s=$(printf '%s\n' "$out" | grep -c '^ok .* # skip' || true)
@@ -59,6 +61,10 @@ run_counted "unit (ASan+UBSan)" build-asan/test-unit
 # real runs of the kernel code, but not of a GPU (see tests/emu/README.md)
 run_counted "gpu checks on the CUDA emulator (ASan+UBSan)" build-emu/test-gpu
 run_counted "emulator self-test (ASan+UBSan)" build-emu/test-emu
+# the tools that run on a GPU, with --device cuda on the emulator
+GEODINO_TEST_DEVICE=cuda run_bats "cli of the GPU tools on the CUDA emulator (ASan+UBSan)" \
+    "$PWD/build-emu/bin" tests/cli/dino-step.bats tests/cli/dino-serve.bats \
+    tests/cli/dino-embed.bats tests/cli/ema-update.bats tests/cli/mpa-adapt.bats
 run_bats "cli (ASan+UBSan)" "$PWD/build-asan/bin"
 
 echo "check: $passed passed, $failed failed, $skipped skipped"

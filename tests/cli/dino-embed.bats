@@ -44,7 +44,7 @@ PY
 
 @test "ImageFolder: features equal a float64 numpy ViT, labels and classes in name order" {
     prepare
-    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" "$TMP/tiles" -o "$TMP/f.mpt"
+    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --precision fp32 "$TMP/tiles" -o "$TMP/f.mpt"
     files=$(ls "$TMP"/tiles/field/*.tif "$TMP"/tiles/town/*.tif)
     $PY "$TOOL" vit "$TMP/c.mpt" teacher $files > "$TMP/ref.json"
     run compare "$TMP/f.mpt" "$TMP/ref.json"
@@ -56,22 +56,22 @@ PY
     run $PY "$TOOL" meta "$TMP/f.mpt" which
     assert_output '"teacher"'
     # the student is another network, and numpy agrees on it too
-    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --which student "$TMP/tiles" -o "$TMP/s.mpt"
+    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --precision fp32 --which student "$TMP/tiles" -o "$TMP/s.mpt"
     $PY "$TOOL" vit "$TMP/c.mpt" student $files > "$TMP/sref.json"
     run compare "$TMP/s.mpt" "$TMP/sref.json"
     assert_output --regexp "^([0-9.]+e-0[5-9]|0)$"
     run compare "$TMP/s.mpt" "$TMP/f.mpt"
     refute_output --regexp "^([0-9.]+e-0[5-9]|0)$"
     # a tile's features do not depend on the batch it is in
-    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --batch-size 8 "$TMP/tiles" > "$TMP/f8.mpt"
+    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --precision fp32 --batch-size 8 "$TMP/tiles" > "$TMP/f8.mpt"
     run compare "$TMP/f.mpt" "$TMP/f8.mpt"
     assert_output --regexp "^([0-9.]+e-0[6-9]|0)$"
 }
 
 @test "--avgpool: CLS and mean patch token interleaved (DINO eval_linear), equal to numpy" {
     prepare
-    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" "$TMP/tiles" -o "$TMP/f.mpt"
-    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --avgpool "$TMP/tiles" -o "$TMP/a.mpt"
+    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --precision fp32 "$TMP/tiles" -o "$TMP/f.mpt"
+    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --precision fp32 --avgpool "$TMP/tiles" -o "$TMP/a.mpt"
     files=$(ls "$TMP"/tiles/field/*.tif "$TMP"/tiles/town/*.tif)
     $PY "$TOOL" vit-avgpool "$TMP/c.mpt" teacher $files > "$TMP/ref.json"
     run compare "$TMP/a.mpt" "$TMP/ref.json"
@@ -89,7 +89,7 @@ print(np.abs(a[:, 0::2] - c).max(), np.abs(a[:, 1::2] - c).max() > 1e-3)
 PY
     assert_output "0.0 True"
     # a tile's features do not depend on the batch it is in
-    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --avgpool --batch-size 8 "$TMP/tiles" -o "$TMP/a8.mpt"
+    "$BIN/dino-step" embed --ckpt "$TMP/c.mpt" --precision fp32 --avgpool --batch-size 8 "$TMP/tiles" -o "$TMP/a8.mpt"
     run compare "$TMP/a.mpt" "$TMP/a8.mpt"
     assert_output --regexp "^([0-9.]+e-0[6-9]|0)$"
 }

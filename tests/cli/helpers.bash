@@ -11,8 +11,10 @@ DATA=$ROOT/tests/data
 PY=/usr/bin/python3   # Debian's python, which has numpy and msgpack
 # The CLI tests compare against float64 references: keep dino-step and
 # mpa-adapt on the CPU even where a GPU is present (tests/gpu checks the
-# GPU against the CPU, make check-gpu runs it).
-export GEODINO_DEVICE=cpu
+# GPU against the CPU, make check-gpu runs it).  GEODINO_TEST_DEVICE=cuda
+# runs them on the CUDA backend instead: make check does so for the GPU
+# tools on the CUDA emulator (tests/emu), where they pass as on the CPU.
+export GEODINO_DEVICE=${GEODINO_TEST_DEVICE:-cpu}
 # GDAL must compute statistics, never read them from a stray .aux.xml
 export GDAL_PAM_ENABLED=NO
 
