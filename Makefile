@@ -103,10 +103,10 @@ NCCL_LIB := $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so /usr/local/lib/
 PLUGIN_CFLAGS = -std=c11 -D_GNU_SOURCE -O2 -g -fPIC -shared -pthread $(WARN) -Ilibcommon $(SANFLAGS)
 ifneq ($(MPICC),)
 DIST_LIBS := $(LIBDIR)/geodino-mpi.so
-ifneq ($(and $(NVCC),$(NCCL_H),$(NCCL_LIB)),)
-ifneq ($(EMU),1)
+ifeq ($(EMU),1)
 DIST_LIBS += $(LIBDIR)/geodino-nccl.so
-endif
+else ifneq ($(and $(NVCC),$(NCCL_H),$(NCCL_LIB)),)
+DIST_LIBS += $(LIBDIR)/geodino-nccl.so
 endif
 endif
 
@@ -114,11 +114,22 @@ $(LIBDIR)/geodino-mpi.so: kernels/dist/comm_mpi.c libcommon/comm.h
 	@mkdir -p $(dir $@)
 	$(MPICC) $(PLUGIN_CFLAGS) $< -o $@
 
+ifeq ($(EMU),1)
+# NCCL emulated over MPI (tests/emu/nccl_emu.c); the CUDA calls resolve to
+# the emulator in the program, which exports its symbols (-rdynamic)
+$(LIBDIR)/geodino-nccl.so: kernels/dist/comm_mpi.c tests/emu/nccl_emu.c libcommon/comm.h \
+                           tests/emu/include/nccl.h tests/emu/include/cuda_runtime.h
+	@mkdir -p $(dir $@)
+	$(MPICC) $(PLUGIN_CFLAGS) -DGD_NCCL -Itests/emu/include kernels/dist/comm_mpi.c \
+	    tests/emu/nccl_emu.c -o $@
+LDFLAGS += -rdynamic
+else
 $(LIBDIR)/geodino-nccl.so: kernels/dist/comm_mpi.c libcommon/comm.h
 	@mkdir -p $(dir $@)
 	$(MPICC) $(PLUGIN_CFLAGS) -DGD_NCCL -isystem $(dir $(NCCL_H)) -isystem $(CUDA_HOME)/include \
 	    $< -o $@ -L$(dir $(NCCL_LIB)) -L$(CUDA_HOME)/lib64 -lnccl -lcudart \
 	    -Wl,-rpath,$(dir $(NCCL_LIB)) -Wl,-rpath,$(CUDA_HOME)/lib64
+endif
 # ---- end of distributed training ----------------------------------------------
 
 .PHONY: all asan emu check check-gpu demo deps fuzz bench clean unit cli gpu

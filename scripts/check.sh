@@ -64,7 +64,8 @@ run_counted "emulator self-test (ASan+UBSan)" build-emu/test-emu
 # the tools that run on a GPU, with --device cuda on the emulator
 GEODINO_TEST_DEVICE=cuda run_bats "cli of the GPU tools on the CUDA emulator (ASan+UBSan)" \
     "$PWD/build-emu/bin" tests/cli/dino-step.bats tests/cli/dino-serve.bats \
-    tests/cli/dino-embed.bats tests/cli/ema-update.bats tests/cli/mpa-adapt.bats
+    tests/cli/dino-embed.bats tests/cli/ema-update.bats tests/cli/mpa-adapt.bats \
+    tests/cli/dino-mpi.bats
 run_bats "cli (ASan+UBSan)" "$PWD/build-asan/bin"
 
 echo "check: $passed passed, $failed failed, $skipped skipped"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bats
-# dino-step train over MPI (CPU): 2 ranks equal one process on the
+# dino-step train over MPI (CPU; NCCL with GEODINO_TEST_DEVICE=cuda, which
+# make check runs on the CUDA emulator): 2 ranks equal one process on the
 # concatenated batch, resume, the consistency guard, SIGTERM on one rank,
 # a dead or stopped rank.  Tiny models as in dino-step.bats, 2 samples per
 # rank.  Every mpirun runs under `timeout`, so that a hang fails the test.
@@ -107,7 +108,7 @@ teardown() {
     GEODINO_COMM_PLUGIN=/nonexistent/geodino-mpi.so run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" \
         --distributed yes --steps 1 "$TMP/shard0.mpt"
     assert_failure 1
-    assert_output --partial "distributed training needs the MPI plugin"
+    assert_output --partial "distributed training needs the MPI"  # MPI+NCCL with --device cuda
     run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" --distributed maybe "$TMP/shard0.mpt"
     assert_failure 2
     run "$BIN/dino-step" train --ckpt "$TMP/c.mpt" "$TMP/shard%x.mpt"
@@ -194,6 +195,15 @@ PY
 @test "mpi: one rank through MPI's collectives (--distributed yes), with and without buckets, equals the plain run" {
     needs_mpi
     run "$ROOT/tests/cli/one_rank.sh" cpu "$BIN"
+    assert_success
+    assert_output --partial "matches the plain run (3 steps)"
+}
+
+@test "nccl: one rank through NCCL's collectives, with and without buckets, equals the plain run" {
+    needs_mpi
+    [ "$GEODINO_DEVICE" = cuda ] || skip "the suite runs on $GEODINO_DEVICE (GEODINO_TEST_DEVICE=cuda runs this)"
+    [ -e "$BIN/../lib/geodino-nccl.so" ] || skip "no $BIN/../lib/geodino-nccl.so (no NCCL or no nvcc)"
+    run "$ROOT/tests/cli/one_rank.sh" cuda "$BIN"
     assert_success
     assert_output --partial "matches the plain run (3 steps)"
 }

@@ -441,6 +441,12 @@ void run_grid(const char *kernel, const launch_config &c, void (*body)(void *), 
 
 } // namespace gd_emu
 
+/* for the emulated NCCL in the plugin (tests/emu/nccl_emu.c) */
+extern "C" int gd_emu_device_range(const void *p, size_t bytes)
+{
+    return gd_emu::device_range(p, bytes);
+}
+
 /* ---- the runtime --------------------------------------------------------------------- */
 
 /* Stream handles are checked, never used: all work is synchronous. */
@@ -676,6 +682,60 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
     LOCKED;
     return bad_stream(s) ? fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
+}
+
+/* Event handles are checked, never waited for: recorded work is done. */
+struct gd_emu_event {
+    unsigned magic;
+};
+const unsigned EVENT_MAGIC = 0xe7e47u;
+
+namespace {
+
+bool bad_event(cudaEvent_t e) { return !e || e->magic != EVENT_MAGIC; }
+
+} // namespace
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags)
+{
+    LOCKED;
+    *e = nullptr;
+    if (flags & ~(unsigned)cudaEventDisableTiming)
+        return fail(cudaErrorInvalidValue);
+    *e = new gd_emu_event{EVENT_MAGIC};
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
+
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
+{
+    LOCKED;
+    return bad_event(e) || bad_stream(s) ? fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t e)
+{
+    LOCKED;
+    return bad_event(e) ? fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t e)
+{
+    LOCKED;
+    if (bad_event(e))
+        return fail(cudaErrorInvalidResourceHandle);
+    e->magic = 0;
+    delete e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags)
+{
+    LOCKED;
+    if (flags)
+        return fail(cudaErrorInvalidValue);
+    return bad_event(e) || bad_stream(s) ? fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
 }
 
 /* ---- cuBLAS -------------------------------------------------------------------------- */

@@ -13,15 +13,26 @@
  *   a block as coroutines that meet at __syncthreads and at warp shuffles;
  *   a barrier that not every thread reaches, or a shuffle with lanes
  *   missing, stops the program with the kernel's name;
- * - threads run in a fixed order, so a data race cannot show either. */
+ * - threads run in a fixed order, so a data race cannot show either.
+ *
+ * The runtime's functions have C linkage, as NVIDIA's do, and this header
+ * also serves C (the NCCL plugin, kernels/dist/comm_mpi.c): kernels,
+ * launches and templates are C++ only. */
 #ifndef GD_EMU_CUDA_RUNTIME_H
 #define GD_EMU_CUDA_RUNTIME_H
 
-#include <cmath>
-#include <cstddef>
-#include <cstring>
+#include <stddef.h>
+#include <string.h>
 
 #define GD_CUDA_EMULATOR 1
+
+#ifdef __cplusplus
+#include <cmath>
+#include <cstring>
+#define GD_EMU_DEFAULT(v) = v
+#else
+#define GD_EMU_DEFAULT(v)
+#endif
 
 #define __global__
 #define __device__
@@ -31,6 +42,7 @@
  * shared memory. */
 #define __shared__ static
 
+#ifdef __cplusplus
 struct uint3 {
     unsigned x, y, z;
 };
@@ -42,6 +54,7 @@ struct dim3 {
 /* set by the scheduler before it resumes a thread */
 extern uint3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
+#endif
 
 enum cudaError {
     cudaSuccess = 0,
@@ -56,32 +69,39 @@ enum cudaError {
 };
 typedef enum cudaError cudaError_t;
 
-enum cudaMemcpyKind {
+typedef enum cudaMemcpyKind {
     cudaMemcpyHostToHost = 0,
     cudaMemcpyHostToDevice = 1,
     cudaMemcpyDeviceToHost = 2,
     cudaMemcpyDeviceToDevice = 3,
     cudaMemcpyDefault = 4,
-};
+} cudaMemcpyKind;
 
-enum cudaDeviceAttr {
+typedef enum cudaDeviceAttr {
     cudaDevAttrComputeCapabilityMajor = 75,
     cudaDevAttrComputeCapabilityMinor = 76,
-};
+} cudaDeviceAttr;
 
 #define cudaStreamDefault 0x00
 #define cudaStreamNonBlocking 0x01
+#define cudaEventDefault 0x00
+#define cudaEventDisableTiming 0x02
 
 struct gd_emu_stream;
 typedef struct gd_emu_stream *cudaStream_t;
+struct gd_emu_event;
+typedef struct gd_emu_event *cudaEvent_t;
 
-struct cudaDeviceProp {
+typedef struct cudaDeviceProp {
     char name[256];
     size_t totalGlobalMem;
     int major, minor;
     int multiProcessorCount;
-};
+} cudaDeviceProp;
 
+#ifdef __cplusplus
+extern "C" {
+#endif
 const char *cudaGetErrorString(cudaError_t e);
 cudaError_t cudaGetLastError(void);
 cudaError_t cudaPeekAtLastError(void);
@@ -98,15 +118,29 @@ cudaError_t cudaMallocHost(void **p, size_t bytes);
 cudaError_t cudaFreeHost(void *p);
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind k);
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind k,
-                            cudaStream_t s = 0);
+                            cudaStream_t s GD_EMU_DEFAULT(0));
 cudaError_t cudaMemset(void *dst, int value, size_t bytes);
-cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t s = 0);
+cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes,
+                            cudaStream_t s GD_EMU_DEFAULT(0));
 
 cudaError_t cudaStreamCreate(cudaStream_t *s);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t s);
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags);
 
+/* Events: every stream is synchronous, so an event is complete when it is
+ * recorded; the calls check their handles. */
+cudaError_t cudaEventCreate(cudaEvent_t *e);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s GD_EMU_DEFAULT(0));
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+#ifdef __cplusplus
+}
+#endif
+
+#ifdef __cplusplus
 template <class T> cudaError_t cudaMalloc(T **p, size_t bytes)
 {
     return cudaMalloc((void **)p, bytes);
@@ -190,5 +224,6 @@ template <class T> T __shfl_sync(unsigned mask, T v, int src_lane)
 {
     return gd_emu_shfl(mask, v, src_lane & 31);
 }
+#endif /* __cplusplus */
 
 #endif
