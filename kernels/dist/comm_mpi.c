@@ -7,8 +7,9 @@
  *   lib/geodino-nccl.so   with -DGD_NCCL: the same, plus NCCL for backend
  *                         buffers in device memory; the GPU is chosen by the
  *                         rank among the node's ranks, the NCCL unique id is
- *                         broadcast over MPI.  Compiled and linked here, not
- *                         yet run (no GPU where it was written).
+ *                         broadcast over MPI.  Not yet run on a GPU; run by
+ *                         make check on the CUDA emulator, with NCCL
+ *                         emulated over MPI (tests/emu/nccl_emu.c).
  *
  * The plugin uses nothing of libcommon (the program links it statically and
  * exports none of it), hence its own small error helper.
