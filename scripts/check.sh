@@ -60,6 +60,9 @@ run_counted "unit (ASan+UBSan)" build-asan/test-unit
 # The CUDA backend's kernels on the CPU emulator (tests/emu), ASan+UBSan:
 # real runs of the kernel code, but not of a GPU (see tests/emu/README.md)
 run_counted "gpu checks on the CUDA emulator (ASan+UBSan)" build-emu/test-gpu
+# a kernel that depends on the order of its threads or blocks differs here
+GD_EMU_ORDER=reverse run_counted "gpu checks on the CUDA emulator, threads and blocks in reverse" \
+    build-emu/test-gpu
 run_counted "emulator self-test (ASan+UBSan)" build-emu/test-emu
 # the tools that run on a GPU, with --device cuda on the emulator
 GEODINO_TEST_DEVICE=cuda run_bats "cli of the GPU tools on the CUDA emulator (ASan+UBSan)" \

@@ -17,10 +17,8 @@
  * made the emulator five times slower); a thread gives control back
  * to the block's scheduler at __syncthreads and at every shuffle, and the
  * scheduler releases a barrier when every thread of the block waits at it,
- * and a shuffle when every lane of the warp does.  A kernel whose first
- * block never synchronises runs its other blocks' threads as plain calls
- * (most kernels are elementwise), and stops the program if one of them
- * tries to. */
+ * and a shuffle when every lane of the warp does.  GD_EMU_ORDER=reverse
+ * runs blocks and threads in the other order (see reverse_order). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -186,14 +184,31 @@ struct block_scheduler {
     const void *home_bottom = nullptr;
     size_t home_size = 0;
     int current = -1;    /* the coroutine running, -1 for none */
-    bool direct = false; /* threads run as plain calls */
-    bool synced = false; /* a thread of this block synchronised */
     const char *kernel = "";
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
 };
 
 block_scheduler sched;
+
+/* GD_EMU_ORDER=reverse runs the blocks of a grid and the threads of a
+ * block in reverse order.  A correct kernel gives the same result in any
+ * order; one that depends on the order (a race, a missing barrier, a block
+ * that expects another to have run) changes its result. */
+bool reverse_order()
+{
+    static int r = -1;
+    if (r < 0) {
+        const char *e = getenv("GD_EMU_ORDER");
+        if (e && *e && strcmp(e, "reverse") && strcmp(e, "forward"))
+            die("GD_EMU_ORDER: '%s' is not forward or reverse", e);
+        r = e && !strcmp(e, "reverse");
+    }
+    return r;
+}
+
+/* the k-th of n in the run order */
+int in_order(int k, int n) { return reverse_order() ? n - 1 - k : k; }
 
 char *new_stack()
 {
@@ -344,9 +359,11 @@ void run_block_coroutines(int nthreads)
         t.state = RUNNING;
     }
     for (;;) {
-        for (int i = 0; i < nthreads; i++)
+        for (int k = 0; k < nthreads; k++) {
+            int i = in_order(k, nthreads);
             if (sched.threads[(size_t)i].state == RUNNING)
                 resume(i);
+        }
         int done = 0;
         for (int i = 0; i < nthreads; i++)
             done += sched.threads[(size_t)i].state == DONE;
@@ -357,14 +374,6 @@ void run_block_coroutines(int nthreads)
             released |= release_shuffle(w, nthreads);
         if (!released)
             release_barrier(nthreads);
-    }
-}
-
-void run_block_direct(int nthreads)
-{
-    for (int i = 0; i < nthreads; i++) {
-        set_thread_index(i);
-        sched.body(sched.ctx);
     }
 }
 
@@ -385,19 +394,14 @@ bool device_range(const void *p, size_t bytes)
 void syncthreads(void)
 {
     if (sched.current < 0)
-        die("%s: block %u synchronises, but block 0 did not: the emulator ran it without "
-            "coroutines (a barrier outside a kernel, or one that only some blocks reach)",
-            sched.kernel, blockIdx.x);
-    sched.synced = true;
+        die("__syncthreads outside a kernel");
     yield_to_scheduler(AT_BARRIER);
 }
 
 unsigned long long shuffle(unsigned mask, unsigned long long bits, int src_lane)
 {
     if (sched.current < 0)
-        die("%s: block %u shuffles, but block 0 did not (see syncthreads)", sched.kernel,
-            blockIdx.x);
-    sched.synced = true;
+        die("a warp shuffle outside a kernel");
     emu_thread &t = sched.threads[(size_t)sched.current];
     t.shfl_mask = mask;
     t.shfl_src = src_lane;
@@ -420,21 +424,15 @@ void run_grid(const char *kernel, const launch_config &c, void (*body)(void *), 
     sched.kernel = kernel;
     sched.body = body;
     sched.ctx = ctx;
-    sched.synced = false;
-    sched.direct = false;
     gridDim = c.grid;
     blockDim = c.block;
-    for (unsigned z = 0; z < c.grid.z; z++)
-        for (unsigned y = 0; y < c.grid.y; y++)
-            for (unsigned x = 0; x < c.grid.x; x++) {
-                blockIdx = uint3{x, y, z};
-                if (sched.direct)
-                    run_block_direct((int)nthreads);
-                else {
-                    run_block_coroutines((int)nthreads);
-                    sched.direct = !sched.synced;
-                }
-            }
+    unsigned long long nblocks = (unsigned long long)c.grid.x * c.grid.y * c.grid.z;
+    for (unsigned long long k = 0; k < nblocks; k++) {
+        unsigned long long b = reverse_order() ? nblocks - 1 - k : k;
+        blockIdx = uint3{(unsigned)(b % c.grid.x), (unsigned)(b / c.grid.x % c.grid.y),
+                         (unsigned)(b / c.grid.x / c.grid.y)};
+        run_block_coroutines((int)nthreads);
+    }
     sched.body = nullptr;
     sched.ctx = nullptr;
 }

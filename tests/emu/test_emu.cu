@@ -136,6 +136,32 @@ TEST(emu_bad_launch_is_an_error)
     CUDA_CHECK(cudaFree(d));
 }
 
+/* each thread appends its global index: the order the emulator ran them */
+__global__ void run_order_kernel(int *seq, int *count)
+{
+    seq[(*count)++] = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+}
+
+TEST(emu_runs_in_the_order_GD_EMU_ORDER_names)
+{
+    const char *e = getenv("GD_EMU_ORDER");
+    bool reverse = e && !strcmp(e, "reverse");
+    const int B = 3, T = 64, n = B * T;
+    int *seq = nullptr, *count = nullptr;
+    std::vector<int> h(n);
+    CUDA_CHECK(cudaMalloc(&seq, n * sizeof(int)));
+    CUDA_CHECK(cudaMalloc(&count, sizeof(int)));
+    CUDA_CHECK(cudaMemset(count, 0, sizeof(int)));
+    run_order_kernel<<<B, T>>>(seq, count);
+    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK(cudaMemcpy(h.data(), seq, n * sizeof(int), cudaMemcpyDeviceToHost));
+    for (int k = 0; k < n; k++)
+        CHECK_MSG(h[(size_t)k] == (reverse ? n - 1 - k : k), "%s order: run %d was thread %d",
+                  reverse ? "reverse" : "forward", k, h[(size_t)k]);
+    CUDA_CHECK(cudaFree(seq));
+    CUDA_CHECK(cudaFree(count));
+}
+
 /* column-major C = alpha op(A) op(B) + beta C, in double */
 void gemm_reference(bool ta, bool tb, int m, int n, int k, float alpha, const float *A, int lda,
                     const float *B, int ldb, float beta, float *C, int ldc)
