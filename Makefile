@@ -63,7 +63,7 @@ CUDA_OBJ := $(CUDA_SRC:%.cu=$(OBJDIR)/%.o)
 ifeq ($(EMU),1)
 CUDA_OBJ += $(OBJDIR)/tests/emu/emu.o
 EMU_TEST := $(BUILD)/test-emu
-EMU_CXXFLAGS = -std=c++17 -O2 -g -pthread -Itests/emu/include -Ilibcommon -Ikernels -MMD -MP \
+EMU_CXXFLAGS = -std=c++17 -O2 -g -pthread -fopenmp -Itests/emu/include -Ilibcommon -Ikernels -MMD -MP \
                -Wall -Wextra -Werror -Wno-unused-parameter $(SANFLAGS)
 endif
 GPU_SRC  := $(wildcard tests/gpu/*.c)
