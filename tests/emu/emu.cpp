@@ -184,6 +184,10 @@ struct block_scheduler {
     const void *home_bottom = nullptr;
     size_t home_size = 0;
     int current = -1;    /* the coroutine running, -1 for none */
+    bool reverse = false; /* GD_EMU_ORDER=reverse (reverse_order) */
+    /* threads of the block in each waiting state, and per warp at a shuffle */
+    int n_done = 0, n_barrier = 0, n_shuffle = 0;
+    int warp_shuffle[32] = {0};
     const char *kernel = "";
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
@@ -208,7 +212,7 @@ bool reverse_order()
 }
 
 /* the k-th of n in the run order */
-int in_order(int k, int n) { return reverse_order() ? n - 1 - k : k; }
+int in_order(int k, int n) { return sched.reverse ? n - 1 - k : k; }
 
 char *new_stack()
 {
@@ -253,6 +257,10 @@ void yield_to_scheduler(thread_state why)
 {
     emu_thread &t = sched.threads[(size_t)sched.current];
     t.state = why;
+    if (why == AT_BARRIER)
+        sched.n_barrier++;
+    else if (why == AT_SHUFFLE)
+        sched.n_shuffle++, sched.warp_shuffle[sched.current >> 5]++;
     leaving(&t.fake_stack, sched.home_bottom, sched.home_size);
     fiber_switch(&t.ctx, &sched.home);
     arrived(t.fake_stack, &sched.home_bottom, &sched.home_size);
@@ -264,6 +272,7 @@ void coroutine_entry()
     sched.body(sched.ctx);
     emu_thread &t = sched.threads[(size_t)sched.current];
     t.state = DONE;
+    sched.n_done++;
     leaving(nullptr, sched.home_bottom, sched.home_size); /* this stack is done */
     fiber_switch(&t.ctx, &sched.home);
     die("a finished coroutine was resumed");
@@ -284,6 +293,8 @@ void resume(int i)
  * values.  False when the warp is not ready; stops on a mismatch. */
 bool release_shuffle(int w, int nthreads)
 {
+    if (!sched.warp_shuffle[w])
+        return false;
     int lo = w * 32, hi = lo + 32 < nthreads ? lo + 32 : nthreads;
     int waiting = 0;
     unsigned mask = 0;
@@ -322,19 +333,18 @@ bool release_shuffle(int w, int nthreads)
             t.shfl_bits = vals[src];
         t.state = RUNNING;
     }
+    sched.n_shuffle -= sched.warp_shuffle[w];
+    sched.warp_shuffle[w] = 0;
     return true;
 }
 
 /* Releases the barrier when every thread waits at it; stops on a deadlock. */
 void release_barrier(int nthreads)
 {
-    int at_barrier = 0, done = 0, at_shuffle = 0;
-    for (int i = 0; i < nthreads; i++) {
-        thread_state s = sched.threads[(size_t)i].state;
-        at_barrier += s == AT_BARRIER;
-        done += s == DONE;
-        at_shuffle += s == AT_SHUFFLE;
-    }
+    int at_barrier = sched.n_barrier, done = sched.n_done, at_shuffle = sched.n_shuffle;
+    if (at_barrier + done + at_shuffle != nthreads)
+        die("%s: emulator bookkeeping: %d at the barrier, %d done, %d at shuffles of %d",
+            sched.kernel, at_barrier, done, at_shuffle, nthreads);
     if (at_shuffle)
         die("%s: block %u: deadlock: %d threads wait at a shuffle whose lanes wait at "
             "__syncthreads or have exited",
@@ -344,6 +354,7 @@ void release_barrier(int nthreads)
             blockIdx.x, at_barrier, done);
     for (int i = 0; i < nthreads; i++)
         sched.threads[(size_t)i].state = RUNNING;
+    sched.n_barrier = 0;
 }
 
 void run_block_coroutines(int nthreads)
@@ -358,19 +369,19 @@ void run_block_coroutines(int nthreads)
         fiber_init(&t.ctx, t.stack, STACK_BYTES, coroutine_entry);
         t.state = RUNNING;
     }
+    sched.n_done = sched.n_barrier = sched.n_shuffle = 0;
+    for (int w = 0; w * 32 < nthreads; w++)
+        sched.warp_shuffle[w] = 0;
     for (;;) {
         for (int k = 0; k < nthreads; k++) {
             int i = in_order(k, nthreads);
             if (sched.threads[(size_t)i].state == RUNNING)
                 resume(i);
         }
-        int done = 0;
-        for (int i = 0; i < nthreads; i++)
-            done += sched.threads[(size_t)i].state == DONE;
-        if (done == nthreads)
+        if (sched.n_done == nthreads)
             return;
         bool released = false;
-        for (int w = 0; w * 32 < nthreads; w++)
+        for (int w = 0; sched.n_shuffle && w * 32 < nthreads; w++)
             released |= release_shuffle(w, nthreads);
         if (!released)
             release_barrier(nthreads);
@@ -422,13 +433,14 @@ void run_grid(const char *kernel, const launch_config &c, void (*body)(void *), 
     if (sched.current >= 0 || sched.body)
         die("%s launched from inside kernel %s", kernel, sched.kernel);
     sched.kernel = kernel;
+    sched.reverse = reverse_order();
     sched.body = body;
     sched.ctx = ctx;
     gridDim = c.grid;
     blockDim = c.block;
     unsigned long long nblocks = (unsigned long long)c.grid.x * c.grid.y * c.grid.z;
     for (unsigned long long k = 0; k < nblocks; k++) {
-        unsigned long long b = reverse_order() ? nblocks - 1 - k : k;
+        unsigned long long b = sched.reverse ? nblocks - 1 - k : k;
         blockIdx = uint3{(unsigned)(b % c.grid.x), (unsigned)(b / c.grid.x % c.grid.y),
                          (unsigned)(b / c.grid.x / c.grid.y)};
         run_block_coroutines((int)nthreads);
